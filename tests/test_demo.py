@@ -1,0 +1,145 @@
+"""The app's functions, without a browser: uploads, reconstruction, code map, sampling."""
+import gzip
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import synthetic_slice
+from vqvae import demo
+from vqvae.demo import InputError
+
+
+def save(tmp_path, name, array, **kw):
+    path = tmp_path / name
+    Image.fromarray(array).save(path, **kw)
+    return path
+
+
+def test_fit_to_square_pads_then_resizes():
+    same, note = demo.fit_to_square(np.zeros((256, 256), np.uint8))
+    assert note.endswith("used as is")
+    wide = np.full((100, 200), 255, np.uint8)
+    out, note = demo.fit_to_square(wide)
+    assert out.shape == (256, 256) and "padded" in note and "resized" in note
+    assert out[0, 128] == 0 and out[128, 128] == 255  # black bands above and below
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "I;16"])
+def test_read_upload_accepts_common_modes(tmp_path, mode):
+    base = synthetic_slice(np.random.default_rng(0), 256)
+    image = Image.fromarray(base.astype(np.uint16) * 256) if mode == "I;16" else Image.fromarray(base).convert(mode)
+    path = tmp_path / f"slice_{mode.replace(';', '')}.png"
+    image.save(path)
+    out, note, count = demo.read_upload(path)
+    assert out.shape == (256, 256) and out.dtype == np.uint8 and count == 1
+    assert np.abs(out.astype(int) - base).max() <= 2
+
+
+def test_read_upload_jpeg_and_small_image(tmp_path):
+    out, note, _ = demo.read_upload(save(tmp_path, "a.jpg", synthetic_slice(np.random.default_rng(1), 128)))
+    assert out.shape == (256, 256) and "resized" in note
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty"),
+    (b"hello, I am text", "not a readable PNG or JPEG"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x01", "not a readable PNG or JPEG"),
+])
+def test_read_upload_bad_files_give_clear_messages(tmp_path, content, message):
+    path = tmp_path / "bad.png"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=message):
+        demo.read_upload(path)
+
+
+def test_read_upload_refuses_huge_and_tiny_images(tmp_path):
+    # a decompression bomb: a tiny file that claims 20000 x 20000 pixels
+    bomb = save(tmp_path, "bomb.png", np.zeros((20000, 20000), np.uint8)[:1, :1])
+    header = Image.new("L", (20000, 20000))
+    header.save(bomb, optimize=True)
+    with pytest.raises(InputError, match="megapixels"):
+        demo.read_upload(bomb)
+    with pytest.raises(InputError, match="only 1x1"):
+        demo.read_upload(save(tmp_path, "dot.png", np.zeros((1, 1), np.uint8)))
+    with pytest.raises(InputError, match="upload a slice"):
+        demo.read_upload(None)
+
+
+def nifti(tmp_path, data, name="v.nii.gz"):
+    nibabel = pytest.importorskip("nibabel")
+    path = tmp_path / name
+    nibabel.save(nibabel.Nifti1Image(data, np.eye(4)), str(path))
+    return path
+
+
+def test_nifti_volume_slices(tmp_path):
+    volume = np.random.default_rng(0).random((64, 64, 10)).astype(np.float32)
+    path = nifti(tmp_path, volume)
+    image, note, count = demo.read_upload(path, slice_index=3)
+    assert count == 10 and image.shape == (256, 256) and "slice 3 of 10" in note
+    _, note, _ = demo.read_upload(path, slice_index=99)
+    assert "slice 9 of 10" in note
+
+
+def test_nifti_faults(tmp_path):
+    bad = np.ones((8, 8, 4), np.float32)
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(InputError, match="NaN or Inf"):
+        demo.read_upload(nifti(tmp_path, bad, "nan.nii"))
+    with pytest.raises(InputError, match="3-D"):
+        demo.read_upload(nifti(tmp_path, np.ones((8, 8, 4, 3), np.float32), "4d.nii"))
+    (tmp_path / "junk.nii.gz").write_bytes(gzip.compress(b"not nifti"))
+    with pytest.raises(InputError, match="not a readable NIfTI"):
+        demo.read_upload(tmp_path / "junk.nii.gz")
+
+
+def test_reconstruct_slice_and_code_views(tiny_models):
+    image = synthetic_slice(np.random.default_rng(2), 256)
+    result = demo.reconstruct_slice(tiny_models.vqvae, image)
+    assert result["reconstruction"].shape == (256, 256) and result["error"].shape == (256, 256, 3)
+    assert result["codes"].shape == (32, 32)
+    assert set(result["metrics"]) >= {"ssim", "ssim_brain", "psnr"}
+    colours = demo.code_map(result["codes"], tiny_models.vqvae.num_codes)
+    assert colours.shape == (256, 256, 3)
+    code = int(result["codes"][0, 0])
+    overlay = demo.highlight_code(image, result["codes"], code)
+    assert (overlay[:8, :8, 0] > overlay[:8, :8, 1]).all()  # that cell is tinted red
+    assert demo.decode_code(tiny_models.vqvae, code).shape == (256, 256)
+    with pytest.raises(InputError, match="between 0 and"):
+        demo.decode_code(tiny_models.vqvae, 10**6)
+    rows = demo.code_usage(result["codes"], np.ones(tiny_models.vqvae.num_codes))
+    assert rows[0]["source"] == "this slice" and rows[1]["source"] == "training set"
+
+
+def test_palette_distinguishes_codes():
+    colours = demo.palette(512)
+    assert len({tuple(c) for c in colours}) > 400
+
+
+def test_sample_stream_yields_progress_and_final_images(tiny_models):
+    updates = list(demo.sample_stream(tiny_models, 2, seed=3, every=8))
+    assert [rows for _, rows, _ in updates] == [8, 16, 24, 32]
+    first, last = updates[0][0], updates[-1][0]
+    assert len(last) == 2 and last[0].shape == (256, 256)
+    assert (first[0][64:] == 0).all()  # rows not yet sampled are shown black
+
+
+def test_sample_stream_matches_the_sampler_and_completes(tiny_models):
+    from vqvae.sampling import sample_cached
+    *_, (images, _, _) = demo.sample_stream(tiny_models, 1, seed=5, position=3)
+    codes = sample_cached(tiny_models.prior, 1, positions=torch.tensor([3]), generator=torch.Generator().manual_seed(5))
+    assert np.array_equal(images[0], demo.to_uint8(tiny_models.vqvae.decode(codes)[0, 0]))
+    initial = np.zeros((32, 32), np.int64)
+    *_, (images, rows, _) = demo.sample_stream(tiny_models, 2, initial=initial, keep_rows=16)
+    assert rows == 32 and len(images) == 2
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"n": 0}, "between 1 and 16"), ({"n": 2, "temperature": -1}, "0 or more"),
+    ({"n": 2, "position": 40}, "slice position"), ({"n": 2, "keep_rows": 40, "initial": np.zeros((32, 32))}, "rows to keep"),
+])
+def test_sample_stream_rejects_bad_settings(tiny_models, kwargs, message):
+    with pytest.raises(InputError, match=message):
+        next(demo.sample_stream(tiny_models, **kwargs))

@@ -1,0 +1,55 @@
+import math
+
+import pytest
+import torch
+
+from vqvae.model import VQVAE, stage_widths
+
+
+def tiny(**kw):
+    return VQVAE(**{"num_codes": 16, "code_dim": 8, "base_channels": 4, "hidden_channels": 8,
+                    "res_blocks": 1, "res_hidden": 4, **kw})
+
+
+@pytest.mark.parametrize("f", [4, 8, 16])
+def test_shapes_for_each_downsampling_factor(f):
+    model = tiny(downsample=f)
+    x = torch.rand(2, 1, 64, 64)
+    reconstruction, loss, codes = model(x)
+    assert reconstruction.shape == x.shape and codes.shape == (2, 64 // f, 64 // f)
+    assert loss.ndim == 0
+    assert model.bits_per_pixel == pytest.approx(math.log2(16) / f ** 2)
+
+
+def test_stage_widths_and_bad_factor():
+    assert stage_widths(8, 32, 128) == [32, 64, 128]
+    with pytest.raises(ValueError, match="power of two"):
+        stage_widths(6, 32, 128)
+
+
+def test_encode_decode_match_forward_in_eval_mode():
+    torch.manual_seed(0)
+    model = tiny()
+    model.train()
+    model(torch.rand(4, 1, 32, 32))  # data-dependent codebook init
+    model.eval()
+    x = torch.rand(2, 1, 32, 32)
+    reconstruction, _, codes = model(x)
+    assert torch.equal(model.encode(x), codes)
+    assert torch.allclose(model.decode(codes), reconstruction.clamp(0, 1))
+    assert model.decode(codes).min() >= 0 and model.decode(codes).max() <= 1
+
+
+def test_save_and_load_hub_layout_roundtrip(tmp_path):
+    torch.manual_seed(0)
+    model = tiny(downsample=4)
+    model.train()
+    model(torch.rand(2, 1, 32, 32))
+    model.save_pretrained(tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} >= {"config.json", "model.safetensors"}
+    loaded = VQVAE.from_pretrained(tmp_path).eval()
+    assert loaded.downsample == 4 and loaded.num_codes == 16
+    x = torch.rand(1, 1, 32, 32)
+    model.eval()
+    assert torch.equal(loaded.encode(x), model.encode(x))
+    assert torch.equal(loaded.quantizer.codebook, model.quantizer.codebook)

@@ -1,0 +1,65 @@
+import torch
+
+from vqvae.prior import GatedPixelCNN
+
+
+def tiny_prior(**kw):
+    torch.manual_seed(0)
+    prior = GatedPixelCNN(**{"num_codes": 16, "channels": 8, "layers": 3, "kernel": 5,
+                             "num_positions": 4, "grid_size": 8, **kw})
+    for layer in prior.layers:  # the condition starts at zero; make it matter in tests
+        torch.nn.init.normal_(layer.condition.weight, std=0.5)
+    return prior.double()
+
+
+def test_logits_depend_only_on_earlier_positions():
+    prior = tiny_prior()
+    codes = torch.randint(0, 16, (1, 8, 8))
+    base = prior(codes, torch.tensor([1]))
+    for i in range(8):
+        for j in range(8):
+            changed = codes.clone()
+            changed[0, i, j] = (changed[0, i, j] + 1) % 16
+            diff = (prior(changed, torch.tensor([1])) - base).abs().sum(1)[0].flatten()
+            position = i * 8 + j
+            assert diff[:position + 1].max() == 0  # nothing at or before (i, j) moves
+            assert position == 63 or diff[position + 1:].max() > 0  # something after it does
+
+
+def test_no_blind_spot_the_pixel_up_right_is_seen():
+    prior = tiny_prior()
+    codes = torch.randint(0, 16, (1, 8, 8))
+    changed = codes.clone()
+    changed[0, 3, 6] = (changed[0, 3, 6] + 1) % 16  # above and to the right of (4, 4)
+    diff = (prior(changed) - prior(codes)).abs().sum(1)[0]
+    assert diff[4, 4] > 0
+
+
+def test_position_condition_and_no_position():
+    prior = tiny_prior()
+    codes = torch.randint(0, 16, (2, 8, 8))
+    a = prior(codes, torch.tensor([0, 0]))
+    b = prior(codes, torch.tensor([3, 3]))
+    assert not torch.allclose(a, b)
+    assert torch.equal(prior(codes, torch.tensor([-1, -1])), prior(codes, None))
+
+
+def test_loss_decreases_when_training_on_a_pattern():
+    prior = GatedPixelCNN(num_codes=4, channels=8, layers=2, kernel=3, num_positions=2, grid_size=6)
+    codes = (torch.arange(36).view(1, 6, 6) % 4).repeat(8, 1, 1)  # a fully predictable grid
+    optimizer = torch.optim.Adam(prior.parameters(), lr=1e-2)
+    first = prior.loss(codes).item()
+    for _ in range(60):
+        loss = prior.loss(codes)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.2 * first
+
+
+def test_save_and_load(tmp_path):
+    prior = tiny_prior().float()
+    prior.save_pretrained(tmp_path)
+    loaded = GatedPixelCNN.from_pretrained(tmp_path)
+    codes = torch.randint(0, 16, (1, 8, 8))
+    assert loaded.grid_size == 8 and torch.equal(loaded(codes), prior(codes))

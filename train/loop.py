@@ -1,0 +1,194 @@
+"""Training machinery shared by every trainer: time/epoch budget, learning-rate schedule,
+deterministic resumable batches, JSON-lines metrics, atomic checkpoints, progress bar.
+
+A trainer builds its model and optimiser, then:
+
+    run = TrainingRun(config, model, optimizer, dataset_size)
+    while not run.finished():
+        index = run.next_batch()
+        ... forward, backward, optimizer.step() at lr run.learning_rate() ...
+        run.step_done({"loss": ...}, evaluate)
+    run.finish(evaluate)
+
+``evaluate()`` returns a dict of validation metrics; it runs every ``eval_minutes`` of training
+time and at the end, each time followed by a checkpoint. The wall-clock budget counts training
+time only, so the time-to-quality curve is not distorted by evaluation.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class RunConfig:
+    out: str
+    minutes: float | None = None      # training-time budget; None = epochs only
+    epochs: float | None = None       # None = minutes only
+    batch_size: int = 16
+    lr: float = 2e-3
+    warmup_steps: int = 20
+    final_lr_fraction: float = 0.05   # cosine decay ends at lr * this
+    eval_minutes: float = 2.0         # also evaluate every this much training time
+    seed: int = 0
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.minutes is None and self.epochs is None:
+            raise ValueError("give --minutes and/or --epochs")
+        if (self.minutes is not None and self.minutes <= 0) or (self.epochs is not None and self.epochs <= 0):
+            raise ValueError("--minutes and --epochs must be positive")
+
+
+def atomic_save(obj, path: Path):
+    """torch.save to a temporary file, fsync, then rename: a kill at any moment leaves either
+    the old file or the new one, never a torn one."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class TrainingRun:
+    def __init__(self, config: RunConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 dataset_size: int, extra_config: dict | None = None):
+        self.config, self.model, self.optimizer = config, model, optimizer
+        self.out = Path(config.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.dataset_size = dataset_size
+        self.steps_per_epoch = max(1, dataset_size // config.batch_size)
+        self.total_steps = (math.ceil(config.epochs * self.steps_per_epoch)
+                            if config.epochs is not None else None)
+        self.step, self.train_seconds, self.last_eval_seconds = 0, 0.0, 0.0
+        self.history: list[dict] = []
+        torch.manual_seed(config.seed)
+        if config.resume and (self.out / CHECKPOINT).exists():
+            self._load_checkpoint()
+        elif config.resume:
+            print(f"no checkpoint in {self.out}; starting fresh")
+        self._record_config(extra_config or {})
+        self._tick = time.perf_counter()
+        self.bar = tqdm(total=self.total_steps, initial=self.step, disable=not config.progress,
+                        unit="step", dynamic_ncols=True)
+        self._images_since, self._time_since = 0, 0.0
+
+    # -- budget and schedule ------------------------------------------------------------
+    def progress(self) -> float:
+        """Fraction of the budget spent: the larger of steps and training time."""
+        parts = []
+        if self.total_steps is not None:
+            parts.append(self.step / self.total_steps)
+        if self.config.minutes is not None:
+            parts.append(self.train_seconds / (60.0 * self.config.minutes))
+        return min(1.0, max(parts))
+
+    def finished(self) -> bool:
+        self._tick = time.perf_counter()
+        return self.progress() >= 1.0
+
+    def learning_rate(self) -> float:
+        """Linear warm-up, then cosine decay to ``final_lr_fraction`` over the budget."""
+        c = self.config
+        if self.step < c.warmup_steps:
+            return c.lr * (self.step + 1) / c.warmup_steps
+        cosine = 0.5 * (1 + math.cos(math.pi * self.progress()))
+        return c.lr * (c.final_lr_fraction + (1 - c.final_lr_fraction) * cosine)
+
+    def apply_learning_rate(self) -> float:
+        lr = self.learning_rate()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def next_batch(self) -> torch.Tensor:
+        """Indices of the next batch: a fresh permutation per epoch, seeded by (seed, epoch), so
+        a resumed run sees exactly the batches an uninterrupted one would."""
+        epoch, position = divmod(self.step, self.steps_per_epoch)
+        if getattr(self, "_perm_epoch", None) != epoch:
+            generator = torch.Generator().manual_seed(self.config.seed * 100003 + epoch)
+            self._perm = torch.randperm(self.dataset_size, generator=generator)
+            self._perm_epoch = epoch
+        start = position * self.config.batch_size
+        return self._perm[start:start + self.config.batch_size]
+
+    # -- bookkeeping --------------------------------------------------------------------
+    def step_done(self, metrics: dict[str, float], evaluate=None):
+        now = time.perf_counter()
+        elapsed = now - self._tick
+        self.train_seconds += elapsed
+        self.step += 1
+        self._images_since += self.config.batch_size
+        self._time_since += elapsed
+        if self.step % 10 == 0 or self.step == 1:
+            metrics = {k: round(float(v), 5) for k, v in metrics.items()}
+            metrics["img/s"] = round(self._images_since / max(self._time_since, 1e-9), 1)
+            self.bar.set_postfix(metrics, refresh=False)
+            self.log({"kind": "train", **metrics})
+            self._images_since, self._time_since = 0, 0.0
+        self.bar.update(1)
+        if evaluate is not None and self.train_seconds - self.last_eval_seconds >= 60 * self.config.eval_minutes:
+            self.evaluate_and_checkpoint(evaluate)
+
+    def log(self, record: dict):
+        record = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 3),
+                  "train_minutes": round(self.train_seconds / 60, 3), **record}
+        with open(self.out / METRICS, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def evaluate_and_checkpoint(self, evaluate):
+        self.last_eval_seconds = self.train_seconds
+        if evaluate is not None:
+            was_training = self.model.training
+            result = evaluate()
+            self.model.train(was_training)
+            self.history.append({"step": self.step, "train_minutes": self.train_seconds / 60, **result})
+            self.log({"kind": "eval", **result})
+            self.bar.write(f"step {self.step} ({self.train_seconds / 60:.1f} min): "
+                           + ", ".join(f"{k} {v:.4g}" for k, v in result.items()))
+        self.save_checkpoint()
+
+    def save_checkpoint(self):
+        atomic_save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "step": self.step, "train_seconds": self.train_seconds,
+                     "last_eval_seconds": self.last_eval_seconds, "history": self.history,
+                     "torch_rng": torch.get_rng_state()}, self.out / CHECKPOINT)
+
+    def _load_checkpoint(self):
+        state = torch.load(self.out / CHECKPOINT, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.train_seconds = state["step"], state["train_seconds"]
+        self.last_eval_seconds, self.history = state["last_eval_seconds"], state["history"]
+        torch.set_rng_state(state["torch_rng"])
+        print(f"resumed from {self.out / CHECKPOINT} at step {self.step} "
+              f"({self.train_seconds / 60:.1f} training minutes)")
+
+    def _record_config(self, extra: dict):
+        with open(self.out / "run_config.json", "w") as handle:
+            json.dump({**asdict(self.config), **extra}, handle, indent=2)
+
+    def finish(self, evaluate=None, save_dir: str | Path | None = None) -> dict:
+        """Final evaluation and checkpoint; save the model in the Hub layout to ``save_dir``."""
+        self.bar.close()
+        if self.history and self.history[-1]["step"] == self.step:
+            self.save_checkpoint()  # the last evaluation was at this very step
+        else:
+            self.evaluate_and_checkpoint(evaluate)
+        if save_dir is not None:
+            self.model.save_pretrained(save_dir)
+            print(f"saved model to {save_dir}")
+        return self.history[-1] if self.history else {}

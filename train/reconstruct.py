@@ -1,0 +1,52 @@
+"""Reconstruct every image in a folder with a trained VQ-VAE.
+
+    python -m train.reconstruct --model runs/vqvae/model --input DIR --out DIR
+
+Writes a same-named 8-bit PNG reconstruction for each PNG/JPEG in DIR (a .jpg input gives a
+.png output of the same stem) and prints each image's SSIM.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vqvae.data import DataError, list_images, read_slice
+from vqvae.metrics import image_metrics
+from vqvae.model import VQVAE
+from train.cli import fail, load_model
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--input", required=True, help="folder of grayscale slices")
+    parser.add_argument("--out", required=True, help="output folder (created)")
+    args = parser.parse_args(argv)
+    model = load_model(VQVAE, args.model)
+    try:
+        paths = list_images(args.input)
+        # Read (and so validate) every image before writing anything.
+        images = [read_slice(path, size=None) for path in paths]
+    except DataError as error:
+        fail(str(error))
+    for path, image in zip(paths, images):
+        if image.shape[0] % model.downsample or image.shape[1] % model.downsample:
+            fail(f"{path}: size {image.shape[1]}x{image.shape[0]} is not a multiple of {model.downsample}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ssims = []
+    for path, image in zip(paths, images):
+        x = torch.from_numpy(image).float().div(255.0)[None, None]
+        reconstruction = model.reconstruct(x)[0][0, 0].numpy()
+        Image.fromarray(np.round(reconstruction * 255).astype(np.uint8)).save(out / (path.stem + ".png"))
+        ssims.append(image_metrics(x[0, 0].numpy(), reconstruction)["ssim"])
+        print(f"{path.name}: SSIM {ssims[-1]:.4f}")
+    print(f"wrote {len(paths)} reconstructions to {out} (mean SSIM {np.mean(ssims):.4f})")
+
+
+if __name__ == "__main__":
+    main()

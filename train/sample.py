@@ -1,0 +1,85 @@
+"""Sample new brain slices: draw code grids from the prior, decode them with the VQ-VAE.
+
+    python -m train.sample --vqvae runs/vqvae/model --prior runs/prior/model -n 16 --out samples \\
+        [--slice K] [--temperature T] [--top-k N] [--seed S] [--sampler cached|reference]
+
+Writes sample_000.png ... and grid.png (a near-square mosaic) to OUT.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vqvae.model import VQVAE
+from vqvae.prior import GatedPixelCNN
+from vqvae.sampling import SAMPLERS
+from train.cli import fail, load_model
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, 1, H, W) in [0, 1] -> (N, H, W) uint8."""
+    return np.round(images[:, 0].clamp(0, 1).numpy() * 255).astype(np.uint8)
+
+
+def mosaic(images: np.ndarray, columns: int | None = None, gap: int = 2) -> np.ndarray:
+    """(N, H, W) uint8 -> one image, near-square, with a black gap between tiles."""
+    n, h, w = images.shape
+    columns = columns or int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / columns))
+    grid = np.zeros((rows * (h + gap) - gap, columns * (w + gap) - gap), dtype=np.uint8)
+    for k, image in enumerate(images):
+        r, c = divmod(k, columns)
+        grid[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = image
+    return grid
+
+
+def generate(vqvae: VQVAE, prior: GatedPixelCNN, n: int, position: int | None = None,
+             temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
+             sampler: str = "cached") -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (slices (n, 1, H, W) in [0, 1], code grids (n, h, w))."""
+    generator = torch.Generator().manual_seed(seed)
+    positions = None if position is None else torch.full((n,), position)
+    codes = SAMPLERS[sampler](prior, n, positions=positions, temperature=temperature,
+                              top_k=top_k, generator=generator)
+    return vqvae.decode(codes), codes
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vqvae", required=True)
+    parser.add_argument("--prior", required=True)
+    parser.add_argument("-n", type=int, default=16, help="number of samples")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--slice", type=int, help="slice position k (default: unconditional)")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sampler", choices=sorted(SAMPLERS), default="cached")
+    args = parser.parse_args(argv)
+    vqvae, prior = load_model(VQVAE, args.vqvae), load_model(GatedPixelCNN, args.prior)
+    if vqvae.num_codes != prior.num_codes:
+        fail(f"the prior models {prior.num_codes} codes but the VQ-VAE has {vqvae.num_codes}")
+    if args.slice is not None and not 0 <= args.slice < prior.num_positions:
+        fail(f"--slice must be in 0..{prior.num_positions - 1}")
+    if args.n < 1 or args.temperature < 0:
+        fail("-n must be >= 1 and --temperature >= 0")
+    start = time.perf_counter()
+    images, _ = generate(vqvae, prior, args.n, args.slice, args.temperature, args.top_k,
+                         args.seed, args.sampler)
+    seconds = time.perf_counter() - start
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pixels = to_uint8(images)
+    for k, image in enumerate(pixels):
+        Image.fromarray(image).save(out / f"sample_{k:03d}.png")
+    Image.fromarray(mosaic(pixels)).save(out / "grid.png")
+    print(f"wrote {args.n} samples and grid.png to {out} ({seconds:.1f} s, {args.sampler} sampler)")
+
+
+if __name__ == "__main__":
+    main()

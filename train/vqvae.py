@@ -1,0 +1,115 @@
+"""Train the VQ-VAE on brain slices.
+
+    python -m train.vqvae --data ../shared/oasis --out runs/vqvae --minutes 30
+
+Writes RUN_DIR/metrics.jsonl, RUN_DIR/checkpoint.pt (resumable with --resume) and the final
+model in the Hugging Face layout under RUN_DIR/model.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+
+from vqvae.data import DataError, load_split
+from vqvae.metrics import evaluate_reconstructions, ssim_torch
+from vqvae.model import VQVAE
+from train.loop import RunConfig, TrainingRun
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, lr: float, batch_size: int):
+    """Arguments every trainer shares (see train/loop.py)."""
+    parser.add_argument("--out", required=True, help="run directory")
+    parser.add_argument("--minutes", type=float, help="training-time budget")
+    parser.add_argument("--epochs", type=float, help="epoch budget")
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--lr", type=float, default=lr)
+    parser.add_argument("--eval-minutes", type=float, default=2.0,
+                        help="evaluate and checkpoint every this much training time")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
+    parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run_config(args) -> RunConfig:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return RunConfig(out=args.out, minutes=args.minutes, epochs=args.epochs,
+                     batch_size=args.batch_size, lr=args.lr, eval_minutes=args.eval_minutes,
+                     seed=args.seed, resume=args.resume, progress=not args.no_progress)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="OASIS root or folder with train/validate splits")
+    add_run_arguments(parser, lr=2e-3, batch_size=16)
+    parser.add_argument("--downsample", type=int, default=8, choices=(4, 8, 16))
+    parser.add_argument("--codes", type=int, default=512, help="codebook size K")
+    parser.add_argument("--code-dim", type=int, default=64)
+    parser.add_argument("--base-channels", type=int, default=16)
+    parser.add_argument("--hidden-channels", type=int, default=64)
+    parser.add_argument("--res-blocks", type=int, default=2)
+    parser.add_argument("--pixel-loss", choices=("mse", "l1"), default="mse")
+    parser.add_argument("--ssim-weight", type=float, default=1.0,
+                        help="loss = pixel loss + w * (1 - SSIM) + commitment (Zhao et al. 2017)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (quantiser stays fp32)")
+    parser.add_argument("--no-channels-last", action="store_true")
+    parser.add_argument("--eval-images", type=int, default=256,
+                        help="validate images used by the periodic evaluation (0 = all)")
+    parser.add_argument("--limit", type=int, help="read only the first N images of each split")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        config = run_config(args)
+        train = load_split(args.data, "train", limit=args.limit, progress=not args.no_progress)
+        validate = load_split(args.data, "validate", limit=args.limit, progress=not args.no_progress)
+    except (DataError, ValueError) as error:
+        sys.exit(f"error: {error}")
+
+    model = VQVAE(downsample=args.downsample, num_codes=args.codes, code_dim=args.code_dim,
+                  base_channels=args.base_channels, hidden_channels=args.hidden_channels,
+                  res_blocks=args.res_blocks)
+    memory_format = torch.contiguous_format if args.no_channels_last else torch.channels_last
+    model = model.to(memory_format=memory_format)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    run = TrainingRun(config, model, optimizer, len(train), extra_config=vars(args))
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.bf16 else nullcontext
+
+    # A fixed, evenly spread subset keeps periodic evaluation cheap and comparable over time.
+    n_eval = len(validate) if args.eval_images <= 0 else min(args.eval_images, len(validate))
+    eval_images = validate.images[torch.linspace(0, len(validate) - 1, n_eval).long()]
+
+    def evaluate():
+        metrics = evaluate_reconstructions(model, eval_images)
+        return {k: metrics[k] for k in ("ssim", "ssim_brain", "psnr", "usage", "perplexity")}
+
+    model.train()
+    while not run.finished():
+        x = train.batch(run.next_batch()).to(memory_format=memory_format)
+        run.apply_learning_rate()
+        with autocast():
+            reconstruction, commit_loss, codes = model(x)
+        reconstruction = reconstruction.float()
+        pixel = (F.l1_loss if args.pixel_loss == "l1" else F.mse_loss)(reconstruction, x)
+        loss = pixel + commit_loss
+        if args.ssim_weight:
+            ssim = ssim_torch(reconstruction, x).mean()
+            loss = loss + args.ssim_weight * (1 - ssim)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        used = torch.unique(codes).numel() / model.num_codes
+        run.step_done({"loss": loss.item(), "batch_usage": used}, evaluate)
+    final = run.finish(evaluate, save_dir=run.out / "model")
+    print("final (validate subset): " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Brain MRI slices from disk: find them, parse OASIS names, preload a split into memory.
+
+The OASIS PNG release keeps one folder per split under a root:
+``keras_png_slices_{train,validate,test}/case_<subject>_slice_<k>.nii.png``.
+Any plain folder of grayscale PNG/JPEG slices works too; such files simply have
+no subject or slice position.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+SPLITS = ("train", "validate", "test")
+SLICES_PER_SUBJECT = 32  # the OASIS release takes 32 axial slices from each volume
+_OASIS_NAME = re.compile(r"case_(\d+)_slice_(\d+)")
+
+
+class DataError(ValueError):
+    """A dataset problem a user can fix: a missing folder, an unreadable image, a wrong size."""
+
+
+def parse_oasis_name(name: str) -> tuple[int, int] | None:
+    """``case_012_slice_7.nii.png`` -> (12, 7); None for names outside the OASIS scheme."""
+    match = _OASIS_NAME.search(name)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def split_dir(root: str | Path, split: str) -> Path:
+    """Where a split's images live: ``root/keras_png_slices_<split>`` (also one level down,
+    inside ``keras_png_slices_data``), else ``root/<split>``, else ``root`` itself when it
+    directly holds images."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data folder not found: {root}")
+    for candidate in (root / f"keras_png_slices_{split}",
+                      root / "keras_png_slices_data" / f"keras_png_slices_{split}",
+                      root / split):
+        if candidate.is_dir():
+            return candidate
+    if list_images(root, must_exist=False):
+        return root
+    raise DataError(f"no '{split}' split under {root} (looked for keras_png_slices_{split}/ and {split}/)")
+
+
+def _natural_key(path: Path):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+def list_images(folder: str | Path, must_exist: bool = True) -> list[Path]:
+    """Image files directly in ``folder``, in natural order (slice_2 before slice_10)."""
+    folder = Path(folder)
+    files = sorted((p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+                   key=_natural_key) if folder.is_dir() else []
+    if must_exist and not files:
+        raise DataError(f"no PNG/JPEG images in {folder}")
+    return files
+
+
+def read_slice(path: str | Path, size: int | None = 256) -> np.ndarray:
+    """One grayscale slice as a uint8 (H, W) array. Colour images are converted to luminance;
+    16-bit images are rescaled to 8 bits. Raises DataError naming the file on any failure."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            array = to_grayscale_uint8(image)
+    except DataError as error:
+        raise DataError(f"{path}: {error}") from None
+    except Exception as error:  # PIL raises many types for corrupt files
+        raise DataError(f"cannot read image {path}: {error}") from None
+    if size is not None and array.shape != (size, size):
+        raise DataError(f"{path}: expected {size}x{size}, got {array.shape[1]}x{array.shape[0]}")
+    return array
+
+
+def to_grayscale_uint8(image: Image.Image) -> np.ndarray:
+    """A PIL image of any common mode as a uint8 (H, W) array."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(array).all():
+            raise DataError("image contains NaN or Inf values")
+        low, high = array.min(), array.max()
+        scaled = (array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)
+        return np.round(scaled).astype(np.uint8)
+    if image.mode != "L":
+        image = image.convert("L")  # RGB, RGBA, P, 1, LA... via ITU-R 601 luminance
+    return np.asarray(image, dtype=np.uint8).copy()
+
+
+@dataclass
+class SliceSet:
+    """A split held in memory: images as uint8 (N, 1, H, W), plus OASIS metadata (-1 if unknown)."""
+    images: torch.Tensor
+    subjects: torch.Tensor
+    positions: torch.Tensor
+    paths: list[Path]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def batch(self, index) -> torch.Tensor:
+        """Images at ``index`` as float32 in [0, 1]."""
+        return self.images[index].float().div_(255.0)
+
+
+def load_split(root: str | Path, split: str = "train", limit: int | None = None,
+               size: int = 256, progress: bool = True) -> SliceSet:
+    """Preload a split into memory as uint8 (the 9664-slice train split is ~630 MB)."""
+    folder = split_dir(root, split)
+    return load_folder(folder, limit=limit, size=size, progress=progress, desc=split)
+
+
+def load_folder(folder: str | Path, limit: int | None = None, size: int = 256,
+                progress: bool = True, desc: str = "slices") -> SliceSet:
+    paths = list_images(folder)[:limit]
+    images = torch.empty((len(paths), 1, size, size), dtype=torch.uint8)
+    subjects = torch.full((len(paths),), -1, dtype=torch.long)
+    positions = torch.full((len(paths),), -1, dtype=torch.long)
+    for i, path in enumerate(tqdm(paths, desc=f"reading {desc}", disable=not progress, unit="img")):
+        images[i, 0] = torch.from_numpy(read_slice(path, size))
+        parsed = parse_oasis_name(path.name)
+        if parsed:
+            subjects[i], positions[i] = parsed
+    if progress:
+        print(f"read {len(paths)} images from {folder}")
+    return SliceSet(images, subjects, positions, paths)

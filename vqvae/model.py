@@ -1,0 +1,120 @@
+"""The VQ-VAE: a convolutional encoder, the vector quantiser, and a mirrored decoder.
+
+A 256x256 slice goes down by a factor ``downsample`` (4, 8 or 16) to a grid of codebook
+indices and back. The default f=8 gives a 32x32 grid: 1024 codes of log2(512)=9 bits, i.e.
+0.14 bits per pixel, small enough for the PixelCNN prior to sample quickly.
+
+Saved and loaded the Hugging Face way (``config.json`` + ``model.safetensors``) through
+``PyTorchModelHubMixin``: ``VQVAE.from_pretrained(dir_or_repo_id)``, ``model.save_pretrained(dir)``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+
+from .quantizer import VectorQuantizer
+
+
+class ResidualBlock(nn.Module):
+    """x + conv1x1(relu(conv3x3(relu(x)))), the block of the original VQ-VAE."""
+
+    def __init__(self, channels: int, hidden: int):
+        super().__init__()
+        self.block = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, hidden, 3, padding=1),
+                                   nn.ReLU(), nn.Conv2d(hidden, channels, 1))
+
+    def forward(self, x):
+        return x + self.block(x)
+
+
+def stage_widths(downsample: int, base: int, hidden: int) -> list[int]:
+    """Channels after each stride-2 stage: doubling from ``base``, ending at ``hidden``."""
+    stages = int(math.log2(downsample))
+    if 2 ** stages != downsample or not 1 <= stages <= 5:
+        raise ValueError(f"downsample must be a power of two between 2 and 32, got {downsample}")
+    return [min(base * 2 ** i, hidden) for i in range(stages - 1)] + [hidden]
+
+
+class Encoder(nn.Module):
+    def __init__(self, in_channels, downsample, base, hidden, res_blocks, res_hidden, code_dim):
+        super().__init__()
+        layers, previous = [], in_channels
+        for i, width in enumerate(stage_widths(downsample, base, hidden)):
+            if i:
+                layers.append(nn.ReLU())
+            layers.append(nn.Conv2d(previous, width, 4, stride=2, padding=1))
+            previous = width
+        layers.append(nn.Conv2d(hidden, hidden, 3, padding=1))
+        layers += [ResidualBlock(hidden, res_hidden) for _ in range(res_blocks)]
+        layers += [nn.ReLU(), nn.Conv2d(hidden, code_dim, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    def __init__(self, out_channels, downsample, base, hidden, res_blocks, res_hidden, code_dim):
+        super().__init__()
+        layers = [nn.Conv2d(code_dim, hidden, 3, padding=1)]
+        layers += [ResidualBlock(hidden, res_hidden) for _ in range(res_blocks)]
+        widths = stage_widths(downsample, base, hidden)[::-1][1:] + [out_channels]
+        previous = hidden
+        for width in widths:
+            layers += [nn.ReLU(), nn.ConvTranspose2d(previous, width, 4, stride=2, padding=1)]
+            previous = width
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z):
+        return self.net(z)
+
+
+class VQVAE(nn.Module, PyTorchModelHubMixin, library_name="brainvq",
+            tags=["vq-vae", "brain-mri", "oasis"], license="mit"):
+    """Slices in [0, 1], shape (B, 1, H, W) with H and W divisible by ``downsample``."""
+
+    def __init__(self, downsample: int = 8, num_codes: int = 512, code_dim: int = 64,
+                 base_channels: int = 16, hidden_channels: int = 64, res_blocks: int = 2,
+                 res_hidden: int = 64, in_channels: int = 1, ema_decay: float = 0.99,
+                 commitment: float = 0.25, dead_threshold: float = 1.0):
+        super().__init__()
+        self.downsample, self.num_codes = downsample, num_codes
+        shape = (downsample, base_channels, hidden_channels, res_blocks, res_hidden, code_dim)
+        self.encoder = Encoder(in_channels, *shape)
+        self.quantizer = VectorQuantizer(num_codes, code_dim, decay=ema_decay,
+                                         commitment=commitment, dead_threshold=dead_threshold)
+        self.decoder = Decoder(in_channels, *shape)
+
+    @property
+    def bits_per_pixel(self) -> float:
+        """Rate of the code: log2(K) bits per code, one code per f x f pixels."""
+        return math.log2(self.num_codes) / self.downsample ** 2
+
+    def forward(self, x):
+        """-> (reconstruction, commitment loss, codes (B, H/f, W/f))."""
+        z = self.encoder(x)
+        quantised, commit_loss, codes = self.quantizer(z)
+        return self.decoder(quantised.to(z.dtype)), commit_loss, codes
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Slices (B, 1, H, W) in [0, 1] -> code grid (B, H/f, W/f) of int64."""
+        z = self.encoder(x)
+        b, d, h, w = z.shape
+        flat = z.permute(0, 2, 3, 1).reshape(-1, d)
+        return self.quantizer.nearest(flat).view(b, h, w)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Code grid (B, h, w) -> slices (B, 1, h*f, w*f) clamped to [0, 1]."""
+        return self.decoder(self.quantizer.lookup(codes)).clamp(0.0, 1.0)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (reconstruction in [0, 1], codes)."""
+        codes = self.encode(x)
+        return self.decode(codes), codes

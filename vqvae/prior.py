@@ -1,0 +1,97 @@
+"""Gated PixelCNN prior over VQ-VAE code grids (van den Oord et al. 2016, "Conditional
+Image Generation with PixelCNN Decoders").
+
+Two stacks remove the blind spot of the original PixelCNN:
+- the vertical stack sees every row above. Its convolution (kernel (k//2+1) x k, padded on top)
+  covers the current row as well, so its output is only handed to the horizontal stack after a
+  one-row shift down;
+- the horizontal stack sees the current row to the left: kernel 1 x (k//2+1), padded on the left.
+  In the first layer it is shifted one more column, which masks the current position.
+Units are gated (tanh(a) * sigmoid(b)); the horizontal stack has residual connections and every
+layer adds a skip output that feeds the head. The slice position k (0..31) enters as a learned
+bias on every gate; index ``num_positions`` means "no position" (trained by dropping the
+condition at random), which gives unconditional samples.
+
+Convolutions take no padding of their own: the padding is explicit (``_pad_vertical``,
+``_pad_horizontal``) so that the cached sampler in ``vqvae/sampling.py`` can apply exactly the
+same weights to a few rows or a single position.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
+from torch import nn
+
+
+def gate(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    a, b = x.chunk(2, dim=dim)
+    return torch.tanh(a) * torch.sigmoid(b)
+
+
+class GatedLayer(nn.Module):
+    def __init__(self, channels: int, kernel: int, num_conditions: int, first: bool):
+        super().__init__()
+        self.first, self.channels = first, channels
+        self.v_height, self.v_width, self.h_width = kernel // 2 + 1, kernel, kernel // 2 + 1
+        self.v_conv = nn.Conv2d(channels, 2 * channels, (self.v_height, self.v_width))
+        self.h_conv = nn.Conv2d(channels, 2 * channels, (1, self.h_width))
+        self.v_to_h = nn.Conv2d(2 * channels, 2 * channels, 1)
+        self.h_out = nn.Conv2d(channels, channels, 1)
+        self.skip = nn.Conv2d(channels, channels, 1)
+        self.condition = nn.Embedding(num_conditions, 4 * channels)  # gate biases: v then h
+        nn.init.zeros_(self.condition.weight)
+
+    def _pad_vertical(self, v):
+        return F.pad(v, (self.v_width // 2, self.v_width // 2, self.v_height - 1, 0))
+
+    def _pad_horizontal(self, h):
+        if self.first:  # shift right by one: position j sees columns j-w .. j-1 only
+            return F.pad(h, (self.h_width, 0))[..., :-1]
+        return F.pad(h, (self.h_width - 1, 0))
+
+    def forward(self, v, h, condition):
+        """v, h: (B, C, H, W); condition: (B,) indices -> (v, h, skip)."""
+        bias_v, bias_h = self.condition(condition)[:, :, None, None].chunk(2, dim=1)
+        v_pre = self.v_conv(self._pad_vertical(v))
+        v_from_above = F.pad(v_pre, (0, 0, 1, 0))[:, :, :-1]  # row i gets row i-1
+        h_gated = gate(self.h_conv(self._pad_horizontal(h)) + self.v_to_h(v_from_above) + bias_h)
+        h_new = self.h_out(h_gated) + (0 if self.first else h)
+        return gate(v_pre + bias_v), h_new, self.skip(h_gated)
+
+
+class GatedPixelCNN(nn.Module, PyTorchModelHubMixin, library_name="brainvq",
+                    tags=["pixelcnn", "brain-mri", "oasis"], license="mit"):
+    def __init__(self, num_codes: int = 512, channels: int = 64, layers: int = 10,
+                 kernel: int = 5, num_positions: int = 32, grid_size: int = 32):
+        super().__init__()
+        self.num_codes, self.num_positions, self.grid_size = num_codes, num_positions, grid_size
+        self.no_position = num_positions  # the extra condition index: unconditional
+        self.embedding = nn.Embedding(num_codes, channels)
+        self.layers = nn.ModuleList(GatedLayer(channels, kernel, num_positions + 1, first=(i == 0))
+                                    for i in range(layers))
+        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, 1), nn.ReLU(),
+                                  nn.Conv2d(channels, num_codes, 1))
+
+    def conditions(self, positions: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """Slice positions (B,) with -1 or None meaning "no position" -> condition indices."""
+        if positions is None:
+            return torch.full((batch,), self.no_position, dtype=torch.long,
+                              device=self.embedding.weight.device)
+        positions = positions.long()
+        return torch.where(positions < 0, torch.full_like(positions, self.no_position), positions)
+
+    def forward(self, codes: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """codes (B, H, W) -> logits (B, K, H, W); logits at (i, j) depend only on codes
+        before (i, j) in raster order."""
+        condition = self.conditions(positions, codes.shape[0])
+        x = self.embedding(codes).permute(0, 3, 1, 2)
+        v, h, skips = x, x, 0
+        for layer in self.layers:
+            v, h, skip = layer(v, h, condition)
+            skips = skips + skip
+        return self.head(skips)
+
+    def loss(self, codes, positions=None) -> torch.Tensor:
+        """Mean negative log-likelihood in nats per code."""
+        return F.cross_entropy(self(codes, positions), codes)
