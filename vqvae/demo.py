@@ -78,6 +78,8 @@ def read_image(path: str | Path) -> np.ndarray:
             return to_grayscale_uint8(image)
     except InputError:
         raise
+    except Image.DecompressionBombError:
+        raise InputError(f"the image is far too large; the limit is {MAX_PIXELS // 10**6} megapixels") from None
     except DataError as error:
         raise InputError(f"cannot use this image: {error}") from None
     except Exception as error:  # PIL raises many types for corrupt or non-image files
