@@ -27,13 +27,14 @@ POSITIONS = ["any"] + [str(k) for k in range(32)]
 
 
 def user_errors(fn):
-    """Show InputError to the user as a gr.Error; the app keeps serving."""
+    """Show InputError to the user as a gr.Error (no traceback: it is the user's input, not a
+    bug); the app keeps serving."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except InputError as error:
-            raise gr.Error(str(error)) from None
+            raise gr.Error(str(error), print_exception=False) from None
     return wrapper
 
 
@@ -43,7 +44,7 @@ def user_errors_stream(fn):
         try:
             yield from fn(*args, **kwargs)
         except InputError as error:
-            raise gr.Error(str(error)) from None
+            raise gr.Error(str(error), print_exception=False) from None
     return wrapper
 
 
@@ -51,20 +52,17 @@ def build(models: demo.Models) -> gr.Blocks:
     vqvae = models.vqvae
 
     @user_errors
-    def reconstruct(file, slice_index):
-        image, note, count = demo.read_upload(file, None if count_is_single(file) else int(slice_index))
+    def reconstruct(file, slice_index=None):
+        """Upload -> input, reconstruction, error map, metrics; also fills the codebook tab."""
+        image, note, count, index = demo.read_upload(file, None if slice_index is None else int(slice_index))
         result = demo.reconstruct_slice(vqvae, image)
         m = result["metrics"]
         summary = (f"**SSIM** {m['ssim']:.4f} &nbsp; **in-brain SSIM** {m['ssim_brain']:.4f} &nbsp; "
                    f"**PSNR** {m['psnr']:.2f} dB  \nInput: {note}")
-        slider = gr.Slider(maximum=max(count - 1, 1), visible=count > 1,
-                           value=min(int(slice_index), count - 1) if count > 1 else 0)
+        slider = gr.Slider(maximum=max(count - 1, 1), visible=count > 1, value=index)
         usage = pd.DataFrame(demo.code_usage(result["codes"], models.code_frequencies))
         return (image, result["reconstruction"], result["error"], summary, slider,
                 image, result["codes"], demo.code_map(result["codes"], vqvae.num_codes), usage)
-
-    def count_is_single(file):
-        return file is None or not demo.is_nifti(file)
 
     @user_errors
     def show_code(image, codes, code):
@@ -133,7 +131,7 @@ def build(models: demo.Models) -> gr.Blocks:
 
         recon_outputs = [shown_input, shown_recon, shown_error, summary, slice_index,
                          current_image, current_codes, code_image, usage_plot]
-        upload.change(reconstruct, [upload, slice_index], recon_outputs, api_name="reconstruct")
+        upload.change(reconstruct, [upload], recon_outputs, api_name="reconstruct")
         slice_index.release(reconstruct, [upload, slice_index], recon_outputs, api_name="reconstruct_slice")
         show.click(show_code, [current_image, current_codes, code], [highlighted, decoded], api_name="show_code")
         sample_button.click(sample, [n, temperature, top_k, seed, position], [gallery, status], api_name="sample")

@@ -68,11 +68,11 @@ def main():
         Image.fromarray(synthetic_slice(np.random.default_rng(0), 256)).save(upload)
 
         rows = [("start-up to serving", [startup])]
-        client.predict(handle_file(str(upload)), 0, api_name="/reconstruct")  # warm-up
+        client.predict(handle_file(str(upload)), api_name="/reconstruct")  # warm-up
         times = []
         for _ in range(args.repeats):
             t = time.perf_counter()
-            client.predict(handle_file(str(upload)), 0, api_name="/reconstruct")
+            client.predict(handle_file(str(upload)), api_name="/reconstruct")
             times.append(time.perf_counter() - t)
         rows.append(("reconstruct 256x256 upload", times))
         times = []

@@ -32,7 +32,7 @@ def test_read_upload_accepts_common_modes(tmp_path, mode):
     image = Image.fromarray(base.astype(np.uint16) * 256) if mode == "I;16" else Image.fromarray(base).convert(mode)
     path = tmp_path / f"slice_{mode.replace(';', '')}.png"
     image.save(path)
-    out, note, count = demo.read_upload(path)
+    out, note, count, _ = demo.read_upload(path)
     assert out.shape == (256, 256) and out.dtype == np.uint8 and count == 1
     if mode == "I;16":  # deep images are stretched from their own min..max to 0..255
         base = np.round(base * (255 / base.max()))
@@ -40,7 +40,7 @@ def test_read_upload_accepts_common_modes(tmp_path, mode):
 
 
 def test_read_upload_jpeg_and_small_image(tmp_path):
-    out, note, _ = demo.read_upload(save(tmp_path, "a.jpg", synthetic_slice(np.random.default_rng(1), 128)))
+    out, note, *_ = demo.read_upload(save(tmp_path, "a.jpg", synthetic_slice(np.random.default_rng(1), 128)))
     assert out.shape == (256, 256) and "resized" in note
 
 
@@ -80,10 +80,10 @@ def nifti(tmp_path, data, name="v.nii.gz"):
 def test_nifti_volume_slices(tmp_path):
     volume = np.random.default_rng(0).random((64, 64, 10)).astype(np.float32)
     path = nifti(tmp_path, volume)
-    image, note, count = demo.read_upload(path, slice_index=3)
-    assert count == 10 and image.shape == (256, 256) and "slice 3 of 10" in note
-    _, note, _ = demo.read_upload(path, slice_index=99)
-    assert "slice 9 of 10" in note
+    image, note, count, index = demo.read_upload(path, slice_index=3)
+    assert count == 10 and index == 3 and image.shape == (256, 256) and "slice 3 of 10" in note
+    assert demo.read_upload(path, slice_index=99)[3] == 9
+    assert demo.read_upload(path)[3] == 5  # the middle slice by default
 
 
 def test_nifti_faults(tmp_path):

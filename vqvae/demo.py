@@ -115,18 +115,19 @@ def nifti_slice(volume: np.ndarray, index: int) -> np.ndarray:
     return np.round(np.rot90(scaled) * 255).astype(np.uint8)
 
 
-def read_upload(path: str | Path, slice_index: int | None = None) -> tuple[np.ndarray, str, int]:
-    """Any supported upload -> (256x256 uint8 slice, note for the user, number of slices)."""
+def read_upload(path: str | Path, slice_index: int | None = None) -> tuple[np.ndarray, str, int, int]:
+    """Any supported upload -> (256x256 uint8 slice, note for the user, number of slices, the
+    slice used). A NIfTI volume gives its middle axial slice unless ``slice_index`` is set."""
     if path is None:
         raise InputError("upload a slice first (PNG, JPEG or NIfTI)")
     if is_nifti(path):
         volume = read_nifti(path)
         count = volume.shape[2]
-        index = count // 2 if slice_index is None else slice_index
+        index = int(np.clip(count // 2 if slice_index is None else slice_index, 0, count - 1))
         image, note = fit_to_square(nifti_slice(volume, index))
-        return image, f"NIfTI slice {min(max(index, 0), count - 1)} of {count}, {note}", count
+        return image, f"NIfTI slice {index} of {count}, {note}", count, index
     image, note = fit_to_square(read_image(path))
-    return image, note, 1
+    return image, note, 1, 0
 
 
 # -- models --------------------------------------------------------------------------------
