@@ -4,6 +4,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from vqvae.hub import from_pretrained
+
 
 def fail(message: str):
     """Exit non-zero with a one-line reason (no stack trace)."""
@@ -16,7 +18,6 @@ def load_model(cls, path: str):
     if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
         fail(f"{path} is not a model directory (needs config.json and model.safetensors)")
     try:
-        model = cls.from_pretrained(str(folder))
+        return from_pretrained(cls, folder)
     except Exception as error:  # corrupt or mismatched weights
         fail(f"cannot load {cls.__name__} from {path}: {error}")
-    return model.eval()

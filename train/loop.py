@@ -27,6 +27,10 @@ import torch
 from tqdm import tqdm
 
 CHECKPOINT = "checkpoint.pt"
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or Inf."""
 METRICS = "metrics.jsonl"
 
 
@@ -40,6 +44,7 @@ class RunConfig:
     warmup_steps: int = 20
     final_lr_fraction: float = 0.05   # cosine decay ends at lr * this
     eval_minutes: float = 2.0         # also evaluate every this much training time
+    checkpoint_steps: int = 0         # also checkpoint every N steps (0 = only at evaluations)
     seed: int = 0
     resume: bool = False
     progress: bool = True
@@ -127,6 +132,13 @@ class TrainingRun:
 
     # -- bookkeeping --------------------------------------------------------------------
     def step_done(self, metrics: dict[str, float], evaluate=None):
+        """Account for one optimiser step. A non-finite loss stops the run before anything is
+        saved, so the last good checkpoint stays as it was."""
+        bad = {k: v for k, v in metrics.items() if not math.isfinite(float(v))}
+        if bad:
+            self.bar.close()
+            raise NonFiniteLoss(f"non-finite {', '.join(bad)} at step {self.step + 1}; stopped, the last "
+                                f"good checkpoint ({self.out / CHECKPOINT}) is untouched. Try a lower --lr.")
         now = time.perf_counter()
         elapsed = now - self._tick
         self.train_seconds += elapsed
@@ -142,6 +154,8 @@ class TrainingRun:
         self.bar.update(1)
         if evaluate is not None and self.train_seconds - self.last_eval_seconds >= 60 * self.config.eval_minutes:
             self.evaluate_and_checkpoint(evaluate)
+        elif self.config.checkpoint_steps and self.step % self.config.checkpoint_steps == 0:
+            self.save_checkpoint()
 
     def log(self, record: dict):
         record = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 3),
@@ -168,7 +182,13 @@ class TrainingRun:
                      "torch_rng": torch.get_rng_state()}, self.out / CHECKPOINT)
 
     def _load_checkpoint(self):
-        state = torch.load(self.out / CHECKPOINT, map_location="cpu", weights_only=True)
+        path = self.out / CHECKPOINT
+        try:
+            # weights_only: tensors and plain containers only; a pickle that would run code is refused
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise ValueError(f"refusing to resume from {path}: not a plain checkpoint "
+                             f"({type(error).__name__}); move it away to start fresh") from None
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.train_seconds = state["step"], state["train_seconds"]

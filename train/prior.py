@@ -20,7 +20,7 @@ from vqvae.model import VQVAE
 from vqvae.prior import GatedPixelCNN
 from train.cli import fail, load_model
 from train.codes import codes_path, extract, load_codes
-from train.loop import TrainingRun
+from train.loop import NonFiniteLoss, TrainingRun
 from train.vqvae import add_run_arguments, run_config
 
 
@@ -60,14 +60,18 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    vqvae = load_model(VQVAE, args.vqvae)
     try:
-        config = run_config(args)
-        for split in ("train", "validate"):
-            if not (config.resume and codes_path(args.out, split).exists()):
-                extract(vqvae, args.data, split, args.out, limit=args.limit, progress=config.progress)
-    except (DataError, ValueError) as error:
+        train_model(args)
+    except (DataError, ValueError, NonFiniteLoss) as error:
         fail(str(error))
+
+
+def train_model(args):
+    vqvae = load_model(VQVAE, args.vqvae)
+    config = run_config(args)
+    for split in ("train", "validate"):
+        if not (config.resume and codes_path(args.out, split).exists()):
+            extract(vqvae, args.data, split, args.out, limit=args.limit, progress=config.progress)
     train, validate = (load_codes(codes_path(args.out, s)) for s in ("train", "validate"))
     grid = train["codes"].shape[-1]
     prior = GatedPixelCNN(num_codes=vqvae.num_codes, channels=args.channels, layers=args.layers,

@@ -8,7 +8,6 @@ model in the Hugging Face layout under RUN_DIR/model.
 from __future__ import annotations
 
 import argparse
-import sys
 from contextlib import nullcontext
 
 import torch
@@ -17,7 +16,8 @@ import torch.nn.functional as F
 from vqvae.data import DataError, load_split
 from vqvae.metrics import evaluate_reconstructions, ssim_torch
 from vqvae.model import VQVAE
-from train.loop import RunConfig, TrainingRun
+from train.cli import fail
+from train.loop import NonFiniteLoss, RunConfig, TrainingRun
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, lr: float, batch_size: int):
@@ -29,6 +29,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, lr: float, batch_size: in
     parser.add_argument("--lr", type=float, default=lr)
     parser.add_argument("--eval-minutes", type=float, default=2.0,
                         help="evaluate and checkpoint every this much training time")
+    parser.add_argument("--checkpoint-steps", type=int, default=0,
+                        help="also checkpoint (without evaluating) every N steps; 0 = off")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
     parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
@@ -40,6 +42,7 @@ def run_config(args) -> RunConfig:
         torch.set_num_threads(args.threads)
     return RunConfig(out=args.out, minutes=args.minutes, epochs=args.epochs,
                      batch_size=args.batch_size, lr=args.lr, eval_minutes=args.eval_minutes,
+                     checkpoint_steps=args.checkpoint_steps,
                      seed=args.seed, resume=args.resume, progress=not args.no_progress)
 
 
@@ -61,17 +64,23 @@ def parse_args(argv=None):
     parser.add_argument("--eval-images", type=int, default=256,
                         help="validate images used by the periodic evaluation (0 = all)")
     parser.add_argument("--limit", type=int, help="read only the first N images of each split")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="leave out unreadable or wrongly sized images (with a warning and a count)")
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     try:
-        config = run_config(args)
-        train = load_split(args.data, "train", limit=args.limit, progress=not args.no_progress)
-        validate = load_split(args.data, "validate", limit=args.limit, progress=not args.no_progress)
-    except (DataError, ValueError) as error:
-        sys.exit(f"error: {error}")
+        train_model(args)
+    except (DataError, ValueError, NonFiniteLoss) as error:
+        fail(str(error))
+
+
+def train_model(args):
+    config = run_config(args)
+    train, validate = (load_split(args.data, split, limit=args.limit, progress=not args.no_progress,
+                                  skip_bad=args.skip_bad) for split in ("train", "validate"))
 
     model = VQVAE(downsample=args.downsample, num_codes=args.codes, code_dim=args.code_dim,
                   base_channels=args.base_channels, hidden_channels=args.hidden_channels,

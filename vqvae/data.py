@@ -8,6 +8,7 @@ no subject or slice position.
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,23 +112,39 @@ class SliceSet:
 
 
 def load_split(root: str | Path, split: str = "train", limit: int | None = None,
-               size: int = 256, progress: bool = True) -> SliceSet:
+               size: int = 256, progress: bool = True, skip_bad: bool = False) -> SliceSet:
     """Preload a split into memory as uint8 (the 9664-slice train split is ~630 MB)."""
     folder = split_dir(root, split)
-    return load_folder(folder, limit=limit, size=size, progress=progress, desc=split)
+    return load_folder(folder, limit=limit, size=size, progress=progress, desc=split, skip_bad=skip_bad)
 
 
 def load_folder(folder: str | Path, limit: int | None = None, size: int = 256,
-                progress: bool = True, desc: str = "slices") -> SliceSet:
+                progress: bool = True, desc: str = "slices", skip_bad: bool = False) -> SliceSet:
+    """Read every image of a folder. An unreadable or wrongly sized file stops with a DataError
+    naming it; with ``skip_bad`` it is left out with a warning, and the count is reported."""
     paths = list_images(folder)[:limit]
     images = torch.empty((len(paths), 1, size, size), dtype=torch.uint8)
     subjects = torch.full((len(paths),), -1, dtype=torch.long)
     positions = torch.full((len(paths),), -1, dtype=torch.long)
-    for i, path in enumerate(tqdm(paths, desc=f"reading {desc}", disable=not progress, unit="img")):
-        images[i, 0] = torch.from_numpy(read_slice(path, size))
+    kept: list[Path] = []
+    for path in tqdm(paths, desc=f"reading {desc}", disable=not progress, unit="img"):
+        try:
+            pixels = read_slice(path, size)
+        except DataError as error:
+            if not skip_bad:
+                raise
+            warnings.warn(f"skipped: {error}", stacklevel=2)
+            continue
+        i = len(kept)
+        images[i, 0] = torch.from_numpy(pixels)
         parsed = parse_oasis_name(path.name)
         if parsed:
             subjects[i], positions[i] = parsed
-    if progress:
-        print(f"read {len(paths)} images from {folder}")
-    return SliceSet(images, subjects, positions, paths)
+        kept.append(path)
+    skipped = len(paths) - len(kept)
+    if not kept:
+        raise DataError(f"no readable {size}x{size} images in {folder} ({skipped} skipped)")
+    if progress or skipped:
+        print(f"read {len(kept)} images from {folder}" + (f", skipped {skipped} bad files" if skipped else ""))
+    n = len(kept)
+    return SliceSet(images[:n].clone() if skipped else images, subjects[:n], positions[:n], kept)

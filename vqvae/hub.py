@@ -9,6 +9,8 @@ alone when the network is unreachable; finally the bundled copy. The caller is t
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 from pathlib import Path
@@ -22,6 +24,13 @@ from .prior import GatedPixelCNN
 BUNDLED = Path(__file__).resolve().parents[1] / "assets" / "models"
 FREQUENCIES = "code_frequencies.json"
 log = logging.getLogger("brainvq")
+
+
+def from_pretrained(cls, path: str | Path):
+    """``cls.from_pretrained`` without huggingface_hub's "Loading weights from..." print, which
+    would corrupt machine-readable output such as ``train.evaluate --json``."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return cls.from_pretrained(str(path)).eval()
 
 
 def is_weights_dir(path: Path) -> bool:
@@ -55,8 +64,8 @@ def resolve_weights(source: str | None, bundled: Path = BUNDLED) -> tuple[Path, 
 
 def load_models(source: str | None = None, bundled: Path = BUNDLED) -> Models:
     path, description = resolve_weights(source, bundled)
-    vqvae = VQVAE.from_pretrained(str(path / "vqvae")).eval()
-    prior = GatedPixelCNN.from_pretrained(str(path / "prior")).eval()
+    vqvae = from_pretrained(VQVAE, path / "vqvae")
+    prior = from_pretrained(GatedPixelCNN, path / "prior")
     if vqvae.num_codes != prior.num_codes:
         raise ValueError(f"{path}: the prior models {prior.num_codes} codes, the VQ-VAE has {vqvae.num_codes}")
     frequencies = None
