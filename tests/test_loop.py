@@ -7,7 +7,7 @@ from train.loop import CHECKPOINT, METRICS, RunConfig, TrainingRun, atomic_save
 
 
 def make_run(out, resume=False, epochs=2.0):
-    torch.manual_seed(0)
+    torch.manual_seed(0)  # the trainers seed before building the model
     model = torch.nn.Linear(4, 1)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
     config = RunConfig(out=str(out), epochs=epochs, batch_size=4, lr=0.1, warmup_steps=2,

@@ -80,7 +80,6 @@ class TrainingRun:
                             if config.epochs is not None else None)
         self.step, self.train_seconds, self.last_eval_seconds = 0, 0.0, 0.0
         self.history: list[dict] = []
-        torch.manual_seed(config.seed)
         if config.resume and (self.out / CHECKPOINT).exists():
             self._load_checkpoint()
         elif config.resume:

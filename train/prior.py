@@ -67,8 +67,8 @@ def main(argv=None):
 
 
 def train_model(args):
-    vqvae = load_model(VQVAE, args.vqvae)
     config = run_config(args)
+    vqvae = load_model(VQVAE, args.vqvae)
     for split in ("train", "validate"):
         if not (config.resume and codes_path(args.out, split).exists()):
             extract(vqvae, args.data, split, args.out, limit=args.limit, progress=config.progress)

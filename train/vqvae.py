@@ -38,8 +38,10 @@ def add_run_arguments(parser: argparse.ArgumentParser, lr: float, batch_size: in
 
 
 def run_config(args) -> RunConfig:
+    """The shared run settings; also seeds torch, so call it before building the model."""
     if args.threads:
         torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
     return RunConfig(out=args.out, minutes=args.minutes, epochs=args.epochs,
                      batch_size=args.batch_size, lr=args.lr, eval_minutes=args.eval_minutes,
                      checkpoint_steps=args.checkpoint_steps,
