@@ -19,6 +19,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS_COMMITTED = ROOT / "assets" / "screenshots"
 
 
+_SERVER_PID = [None]  # the running app's process id, for memory checks
+
+
+def server_pid():
+    return _SERVER_PID[0]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -50,6 +57,7 @@ def server(tiny_weights, tmp_path_factory):
     else:
         process.kill()
         pytest.fail(f"app did not start:\n{log.read_text()}")
+    _SERVER_PID[0] = process.pid
     yield url
     process.terminate()
     process.wait(timeout=20)
@@ -123,3 +131,40 @@ def test_in_a_real_browser(server, slice_png, tmp_path):
     # the closed network makes Chromium log failed fetches of external resources; those are not app errors
     app_errors = [e for e in errors if "net::ERR" not in e and "Failed to load resource" not in e]
     assert not app_errors, app_errors
+
+
+def rss_mb(pid: int, key: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def test_concurrent_clients_mixing_uploads_and_sampling(server, slice_png):
+    """6 clients at once, each uploading, reconstructing and sampling twice (loopback only,
+    bounded): no errors, and the server's memory stays bounded."""
+    import threading
+
+    from gradio_client import Client, handle_file
+    url = server
+    errors = []
+
+    def client_work(seed):
+        try:
+            client = Client(url, verbose=False)
+            for round_ in range(2):
+                assert "SSIM" in client.predict(handle_file(str(slice_png)), api_name="/reconstruct")[3]
+                gallery, status = client.predict(2, 1.0, 0, seed * 10 + round_, "any", api_name="/sample")
+                assert len(gallery) == 2
+        except Exception as error:  # collected and reported below
+            errors.append(repr(error))
+    before = rss_mb(server_pid())
+    threads = [threading.Thread(target=client_work, args=(seed,)) for seed in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not errors, errors
+    assert not any(thread.is_alive() for thread in threads)
+    peak = rss_mb(server_pid(), "VmHWM")
+    assert peak < max(2 * before, before + 1500), (before, peak)
