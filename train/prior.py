@@ -14,14 +14,12 @@ import math
 
 import torch
 
-from vqvae.data import DataError
 from vqvae.hub import FREQUENCIES
 from vqvae.model import VQVAE
 from vqvae.prior import GatedPixelCNN
-from train.cli import fail, load_model
+from train.cli import add_run_arguments, load_model, run_config, run_or_fail
 from train.codes import codes_path, extract, load_codes
-from train.loop import NonFiniteLoss, TrainingRun
-from train.vqvae import add_run_arguments, run_config
+from train.loop import TrainingRun
 
 
 def unigram_bits(codes: torch.Tensor, num_codes: int) -> float:
@@ -48,7 +46,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vqvae", required=True, help="trained VQ-VAE model directory")
     parser.add_argument("--data", required=True)
-    add_run_arguments(parser, lr=1e-3, batch_size=32)
+    add_run_arguments(parser, lr=2e-3, batch_size=32)
     parser.add_argument("--channels", type=int, default=64)
     parser.add_argument("--layers", type=int, default=10)
     parser.add_argument("--kernel", type=int, default=5)
@@ -59,11 +57,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        train_model(args)
-    except (DataError, ValueError, NonFiniteLoss) as error:
-        fail(str(error))
+    run_or_fail(train_model, parse_args(argv))
 
 
 def train_model(args):

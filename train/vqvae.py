@@ -13,39 +13,11 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
-from vqvae.data import DataError, load_split
+from vqvae.data import load_split
 from vqvae.metrics import evaluate_reconstructions, ssim_torch
 from vqvae.model import VQVAE
-from train.cli import fail
-from train.loop import NonFiniteLoss, RunConfig, TrainingRun
-
-
-def add_run_arguments(parser: argparse.ArgumentParser, lr: float, batch_size: int):
-    """Arguments every trainer shares (see train/loop.py)."""
-    parser.add_argument("--out", required=True, help="run directory")
-    parser.add_argument("--minutes", type=float, help="training-time budget")
-    parser.add_argument("--epochs", type=float, help="epoch budget")
-    parser.add_argument("--batch-size", type=int, default=batch_size)
-    parser.add_argument("--lr", type=float, default=lr)
-    parser.add_argument("--eval-minutes", type=float, default=2.0,
-                        help="evaluate and checkpoint every this much training time")
-    parser.add_argument("--checkpoint-steps", type=int, default=0,
-                        help="also checkpoint (without evaluating) every N steps; 0 = off")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
-    parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
-    parser.add_argument("--no-progress", action="store_true")
-
-
-def run_config(args) -> RunConfig:
-    """The shared run settings; also seeds torch, so call it before building the model."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    return RunConfig(out=args.out, minutes=args.minutes, epochs=args.epochs,
-                     batch_size=args.batch_size, lr=args.lr, eval_minutes=args.eval_minutes,
-                     checkpoint_steps=args.checkpoint_steps,
-                     seed=args.seed, resume=args.resume, progress=not args.no_progress)
+from train.cli import add_run_arguments, run_config, run_or_fail
+from train.loop import TrainingRun
 
 
 def parse_args(argv=None):
@@ -72,11 +44,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    try:
-        train_model(args)
-    except (DataError, ValueError, NonFiniteLoss) as error:
-        fail(str(error))
+    run_or_fail(train_model, parse_args(argv))
 
 
 def train_model(args):
