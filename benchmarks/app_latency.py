@@ -9,6 +9,7 @@ concurrent sampling clients and reports errors and the server's peak RSS. Loopba
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import subprocess
@@ -33,6 +34,31 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+@contextlib.contextmanager
+def start_app(model: str | None = None):
+    """Run `python app.py` on a free loopback port; yields (url, pid, seconds until serving)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    command = [sys.executable, "app.py", "--port", str(port)] + (["--model", model] if model else [])
+    start = time.perf_counter()
+    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    break
+            except OSError:
+                if server.poll() is not None or time.perf_counter() - start > 120:
+                    sys.exit("the app did not start")
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}/", server.pid, time.perf_counter() - start
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def percentiles(times):
     return np.percentile(times, 50), np.percentile(times, 95)
 
@@ -45,24 +71,7 @@ def main():
     args = parser.parse_args()
     from gradio_client import Client, handle_file
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    command = [sys.executable, "app.py", "--port", str(port)] + (["--model", args.model] if args.model else [])
-    start = time.perf_counter()
-    server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                if server.poll() is not None or time.perf_counter() - start > 120:
-                    sys.exit("the app did not start")
-                time.sleep(0.1)
-        startup = time.perf_counter() - start
-        url = f"http://127.0.0.1:{port}/"
+    with start_app(args.model) as (url, pid, startup):
         client = Client(url, verbose=False)
         upload = Path(tempfile.mkdtemp()) / "slice.png"
         Image.fromarray(synthetic_slice(np.random.default_rng(0), 256)).save(upload)
@@ -103,12 +112,9 @@ def main():
             p50, p95 = percentiles(values)
             print(f"{name:<30}{p50:>8.2f}{p95:>8.2f}{len(values):>4}")
         print(f"{args.clients} concurrent clients sampling 4 each: {len(done)} ok, {len(errors)} errors, "
-              f"{burst:.1f} s for all; server peak RSS {peak_rss_mb(server.pid):.0f} MB")
+              f"{burst:.1f} s for all; server peak RSS {peak_rss_mb(pid):.0f} MB")
         for error in errors[:3]:
             print("  error:", error)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 if __name__ == "__main__":

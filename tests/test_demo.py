@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.bad_uploads import BAD_UPLOADS, GOOD_UPLOADS, write
 from tests.conftest import synthetic_slice
 from vqvae import demo
 from vqvae.demo import InputError
@@ -146,3 +147,17 @@ def test_sample_stream_matches_the_sampler_and_completes(tiny_models):
 def test_sample_stream_rejects_bad_settings(tiny_models, kwargs, message):
     with pytest.raises(InputError, match=message):
         next(demo.sample_stream(tiny_models, **kwargs))
+
+
+@pytest.mark.parametrize("kind, name, make, message", BAD_UPLOADS, ids=[b[0] for b in BAD_UPLOADS])
+def test_every_bad_upload_gets_a_clear_message(tmp_path, kind, name, make, message):
+    if name.endswith(".nii.gz") and "garbage" not in kind:
+        pytest.importorskip("nibabel")
+    with pytest.raises(InputError, match=message):
+        demo.read_upload(write(tmp_path, name, make))
+
+
+@pytest.mark.parametrize("kind, name, make", GOOD_UPLOADS, ids=[g[0] for g in GOOD_UPLOADS])
+def test_unusual_but_valid_uploads_work(tmp_path, kind, name, make):
+    image, note, _, _ = demo.read_upload(write(tmp_path, name, make))
+    assert image.shape == (256, 256) and image.dtype == np.uint8

@@ -97,11 +97,13 @@ def read_nifti(path: str | Path) -> np.ndarray:
         raise InputError("reading NIfTI needs the nibabel package (pip install nibabel)") from None
     except Exception as error:
         raise InputError(f"this is not a readable NIfTI volume ({type(error).__name__})") from None
+    if volume.size == 0:
+        raise InputError(f"the NIfTI volume is empty (shape {volume.shape})")
     volume = np.squeeze(volume)
     if volume.ndim == 2:
         volume = volume[..., None]
-    if volume.ndim != 3 or 0 in volume.shape:
-        raise InputError(f"expected a 3-D NIfTI volume, got shape {volume.shape}")
+    if volume.ndim != 3:
+        raise InputError(f"expected a 3-D NIfTI volume, got {volume.ndim} dimensions {volume.shape}")
     if not np.isfinite(volume).all():
         raise InputError("the NIfTI volume contains NaN or Inf values")
     return volume
