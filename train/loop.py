@@ -13,6 +13,11 @@ A trainer builds its model and optimiser, then:
 ``evaluate()`` returns a dict of validation metrics; it runs every ``eval_minutes`` of training
 time and at the end, each time followed by a checkpoint. The wall-clock budget counts training
 time only, so the time-to-quality curve is not distorted by evaluation.
+
+Under ``torchrun`` (WORLD_SIZE > 1) every rank takes its own slice of each global batch
+(``batch_size`` per rank), rank 0 alone evaluates, logs and writes checkpoints, and rank 0's
+decision to stop is broadcast so all ranks run the same number of steps. Checkpoints count
+images seen, so a run can resume on a different number of ranks.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 CHECKPOINT = "checkpoint.pt"
@@ -68,14 +74,38 @@ def atomic_save(obj, path: Path):
     os.replace(tmp, path)
 
 
+def distributed_setup() -> tuple[int, int]:
+    """Join the process group when launched by torchrun; -> (rank, world size).
+    Backend: nccl where CUDA is available, else gloo."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def parallel(model: torch.nn.Module) -> torch.nn.Module:
+    """The model to run forward/backward through: DistributedDataParallel under torchrun (it
+    averages gradients across ranks), the model itself otherwise."""
+    _, world = distributed_setup()
+    if world == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+    return DistributedDataParallel(model)
+
+
 class TrainingRun:
     def __init__(self, config: RunConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  dataset_size: int, extra_config: dict | None = None):
         self.config, self.model, self.optimizer = config, model, optimizer
+        self.rank, self.world = distributed_setup()
+        self.is_main = self.rank == 0
         self.out = Path(config.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.dataset_size = dataset_size
-        self.steps_per_epoch = max(1, dataset_size // config.batch_size)
+        self.global_batch = config.batch_size * self.world
+        self.steps_per_epoch = max(1, dataset_size // self.global_batch)
         self.total_steps = (math.ceil(config.epochs * self.steps_per_epoch)
                             if config.epochs is not None else None)
         self.step, self.train_seconds, self.last_eval_seconds = 0, 0.0, 0.0
@@ -84,9 +114,10 @@ class TrainingRun:
             self._load_checkpoint()
         elif config.resume:
             print(f"no checkpoint in {self.out}; starting fresh")
-        self._record_config(extra_config or {})
+        if self.is_main:
+            self._record_config(extra_config or {})
         self._tick = time.perf_counter()
-        self.bar = tqdm(total=self.total_steps, initial=self.step, disable=not config.progress,
+        self.bar = tqdm(total=self.total_steps, initial=self.step, disable=not (config.progress and self.is_main),
                         unit="step", dynamic_ncols=True)
         self._images_since, self._time_since = 0, 0.0
 
@@ -101,8 +132,13 @@ class TrainingRun:
         return min(1.0, max(parts))
 
     def finished(self) -> bool:
+        done = self.progress() >= 1.0
+        if self.world > 1:  # time budgets differ slightly per rank: rank 0 decides for all
+            flag = torch.tensor([int(done)])
+            dist.broadcast(flag, src=0)
+            done = bool(flag.item())
         self._tick = time.perf_counter()
-        return self.progress() >= 1.0
+        return done
 
     def learning_rate(self) -> float:
         """Linear warm-up, then cosine decay to ``final_lr_fraction`` over the budget."""
@@ -126,7 +162,7 @@ class TrainingRun:
             generator = torch.Generator().manual_seed(self.config.seed * 100003 + epoch)
             self._perm = torch.randperm(self.dataset_size, generator=generator)
             self._perm_epoch = epoch
-        start = position * self.config.batch_size
+        start = position * self.global_batch + self.rank * self.config.batch_size
         return self._perm[start:start + self.config.batch_size]
 
     # -- bookkeeping --------------------------------------------------------------------
@@ -142,7 +178,7 @@ class TrainingRun:
         elapsed = now - self._tick
         self.train_seconds += elapsed
         self.step += 1
-        self._images_since += self.config.batch_size
+        self._images_since += self.global_batch
         self._time_since += elapsed
         if self.step % 10 == 0 or self.step == 1:
             metrics = {k: round(float(v), 5) for k, v in metrics.items()}
@@ -157,6 +193,8 @@ class TrainingRun:
             self.save_checkpoint()
 
     def log(self, record: dict):
+        if not self.is_main:
+            return
         record = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 3),
                   "train_minutes": round(self.train_seconds / 60, 3), **record}
         with open(self.out / METRICS, "a") as handle:
@@ -164,7 +202,7 @@ class TrainingRun:
 
     def evaluate_and_checkpoint(self, evaluate):
         self.last_eval_seconds = self.train_seconds
-        if evaluate is not None:
+        if evaluate is not None and self.is_main:
             was_training = self.model.training
             result = evaluate()
             self.model.train(was_training)
@@ -175,8 +213,11 @@ class TrainingRun:
         self.save_checkpoint()
 
     def save_checkpoint(self):
+        if not self.is_main:
+            return
         atomic_save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                     "step": self.step, "train_seconds": self.train_seconds,
+                     "step": self.step, "images_seen": self.step * self.global_batch,
+                     "train_seconds": self.train_seconds,
                      "last_eval_seconds": self.last_eval_seconds, "history": self.history,
                      "torch_rng": torch.get_rng_state()}, self.out / CHECKPOINT)
 
@@ -190,11 +231,14 @@ class TrainingRun:
                              f"({type(error).__name__}); move it away to start fresh") from None
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.step, self.train_seconds = state["step"], state["train_seconds"]
+        # steps are counted in global batches: convert when the number of ranks changed
+        self.step = state.get("images_seen", state["step"] * self.global_batch) // self.global_batch
+        self.train_seconds = state["train_seconds"]
         self.last_eval_seconds, self.history = state["last_eval_seconds"], state["history"]
         torch.set_rng_state(state["torch_rng"])
-        print(f"resumed from {self.out / CHECKPOINT} at step {self.step} "
-              f"({self.train_seconds / 60:.1f} training minutes)")
+        if self.is_main:
+            print(f"resumed from {self.out / CHECKPOINT} at step {self.step} "
+                  f"({self.train_seconds / 60:.1f} training minutes)")
 
     def _record_config(self, extra: dict):
         with open(self.out / "run_config.json", "w") as handle:
@@ -207,7 +251,7 @@ class TrainingRun:
             self.save_checkpoint()  # the last evaluation was at this very step
         else:
             self.evaluate_and_checkpoint(evaluate)
-        if save_dir is not None:
+        if save_dir is not None and self.is_main:
             self.model.save_pretrained(save_dir)
             print(f"saved model to {save_dir}")
         return self.history[-1] if self.history else {}

@@ -13,13 +13,14 @@ import json
 import math
 
 import torch
+import torch.nn.functional as F
 
 from vqvae.hub import FREQUENCIES
 from vqvae.model import VQVAE
 from vqvae.prior import GatedPixelCNN
 from train.cli import add_run_arguments, load_model, run_config, run_or_fail
 from train.codes import codes_path, extract, load_codes
-from train.loop import TrainingRun
+from train.loop import TrainingRun, distributed_setup, parallel
 
 
 def unigram_bits(codes: torch.Tensor, num_codes: int) -> float:
@@ -63,15 +64,19 @@ def main(argv=None):
 def train_model(args):
     config = run_config(args)
     vqvae = load_model(VQVAE, args.vqvae)
+    rank, world = distributed_setup()
     for split in ("train", "validate"):
-        if not (config.resume and codes_path(args.out, split).exists()):
+        if rank == 0 and not (config.resume and codes_path(args.out, split).exists()):
             extract(vqvae, args.data, split, args.out, limit=args.limit, progress=config.progress)
+    if world > 1:
+        torch.distributed.barrier()  # the other ranks read the codes rank 0 wrote
     train, validate = (load_codes(codes_path(args.out, s)) for s in ("train", "validate"))
     grid = train["codes"].shape[-1]
     prior = GatedPixelCNN(num_codes=vqvae.num_codes, channels=args.channels, layers=args.layers,
                           kernel=args.kernel, grid_size=grid)
     optimizer = torch.optim.Adam(prior.parameters(), lr=args.lr)
     run = TrainingRun(config, prior, optimizer, len(train["codes"]), extra_config=vars(args))
+    forward = parallel(prior)
     baselines = {"uniform_bits": math.log2(vqvae.num_codes),
                  "unigram_bits": unigram_bits(validate["codes"], vqvae.num_codes)}
 
@@ -85,16 +90,17 @@ def train_model(args):
         codes, positions = train["codes"][index], train["positions"][index].clone()
         positions[torch.rand(len(index)) < args.drop_position] = -1
         run.apply_learning_rate()
-        loss = prior.loss(codes, positions)
+        loss = F.cross_entropy(forward(codes, positions), codes)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         run.step_done({"bits": loss.item() / math.log(2)}, evaluate)
     final = run.finish(evaluate, save_dir=run.out / "model")
-    # The app's histogram compares a slice's codes with how often training used them.
-    counts = torch.bincount(train["codes"].flatten(), minlength=vqvae.num_codes)
-    (run.out / "model" / FREQUENCIES).write_text(json.dumps(counts.tolist()))
-    print("final (validate): " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()))
+    if run.is_main:
+        # The app's histogram compares a slice's codes with how often training used them.
+        counts = torch.bincount(train["codes"].flatten(), minlength=vqvae.num_codes)
+        (run.out / "model" / FREQUENCIES).write_text(json.dumps(counts.tolist()))
+        print("final (validate): " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from vqvae.data import load_split
 from vqvae.metrics import evaluate_reconstructions, ssim_torch
 from vqvae.model import VQVAE
 from train.cli import add_run_arguments, run_config, run_or_fail
-from train.loop import TrainingRun
+from train.loop import TrainingRun, parallel
 
 
 def parse_args(argv=None):
@@ -59,6 +59,7 @@ def train_model(args):
     model = model.to(memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     run = TrainingRun(config, model, optimizer, len(train), extra_config=vars(args))
+    forward = parallel(model)  # after TrainingRun: a resumed model is loaded before DDP copies it
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.bf16 else nullcontext
 
     # A fixed, evenly spread subset keeps periodic evaluation cheap and comparable over time.
@@ -74,7 +75,7 @@ def train_model(args):
         x = train.batch(run.next_batch()).to(memory_format=memory_format)
         run.apply_learning_rate()
         with autocast():
-            reconstruction, commit_loss, codes = model(x)
+            reconstruction, commit_loss, codes = forward(x)
         reconstruction = reconstruction.float()
         pixel = (F.l1_loss if args.pixel_loss == "l1" else F.mse_loss)(reconstruction, x)
         loss = pixel + commit_loss
@@ -87,7 +88,8 @@ def train_model(args):
         used = torch.unique(codes).numel() / model.num_codes
         run.step_done({"loss": loss.item(), "batch_usage": used}, evaluate)
     final = run.finish(evaluate, save_dir=run.out / "model")
-    print("final (validate subset): " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()))
+    if final:
+        print("final (validate subset): " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()))
 
 
 if __name__ == "__main__":
