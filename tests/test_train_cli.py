@@ -104,3 +104,21 @@ def test_unreadable_image_is_named(trained, tmp_path):
                      "--input", str(folder), "--out", str(tmp_path / "out"))
     assert result.returncode != 0 and "broken.png" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()  # nothing written before every input was read
+
+
+def test_push_to_hub_packages_a_loadable_folder_with_a_model_card(trained, tmp_path):
+    from train import push_to_hub
+    from vqvae.hub import load_models
+    out = tmp_path / "weights"
+    push_to_hub.main(["--vqvae", str(trained / "vqvae" / "model"), "--prior", str(trained / "prior" / "model"),
+                      "--out", str(out)])
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlicense: mit") and "type: ssim" in card and "Marcus" in card
+    assert load_models(str(out)).vqvae.num_codes == 16
+
+
+def test_push_to_hub_without_network_fails_with_one_line(trained, tmp_path):
+    result = run_cli("train.push_to_hub", "--vqvae", str(trained / "vqvae" / "model"),
+                     "--prior", str(trained / "prior" / "model"), "--repo-id", "someone/brainvq")
+    assert result.returncode != 0 and "upload to someone/brainvq failed" in result.stderr
+    assert "Traceback" not in result.stderr

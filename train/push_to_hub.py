@@ -1,0 +1,114 @@
+"""Package a trained VQ-VAE and prior as one weights folder with a model card, and upload it.
+
+    python -m train.push_to_hub --vqvae runs/vqvae/model --prior runs/prior/model --repo-id USER/brainvq
+    python -m train.push_to_hub --vqvae runs/vqvae/model --prior runs/prior/model --out assets/models
+
+The folder holds vqvae/ and prior/ (Hub layout) and README.md, a model card whose metadata
+(license, tags, dataset, metrics) comes from the runs' own logs: the last evaluation in each
+run's metrics.jsonl, and RUN_DIR/validate.json from train.evaluate --json where present.
+With --out only, nothing is uploaded (this is how assets/models is made).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from train.cli import fail
+
+CITATION = ("Marcus, D. S., Wang, T. H., Parker, J., Csernansky, J. G., Morris, J. C., Buckner, R. L. "
+            "(2007). Open Access Series of Imaging Studies (OASIS): Cross-sectional MRI Data in Young, "
+            "Middle Aged, Nondemented, and Demented Older Adults. Journal of Cognitive Neuroscience, "
+            "19(9), 1498-1507.")
+
+
+def run_summary(model_dir: Path) -> dict:
+    """What a run recorded about itself: its settings, its last evaluation, a full evaluation."""
+    run = model_dir.parent
+    summary = {}
+    if (run / "run_config.json").is_file():
+        summary["config"] = json.loads((run / "run_config.json").read_text())
+    if (run / "metrics.jsonl").is_file():
+        evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+                 if '"eval"' in line]
+        if evals:
+            summary["last_eval"] = evals[-1]
+    if (run / "validate.json").is_file():
+        summary["validate"] = json.loads((run / "validate.json").read_text())
+    return summary
+
+
+def model_card(vqvae: dict, prior: dict, machine: str) -> str:
+    validate = vqvae.get("validate", vqvae.get("last_eval", {}))
+    prior_eval = prior.get("last_eval", {})
+    results = []
+    for name, value in (("ssim", validate.get("ssim")), ("ssim_brain", validate.get("ssim_brain")),
+                        ("psnr", validate.get("psnr")), ("codebook_usage", validate.get("usage")),
+                        ("prior_nll_bits_per_code", prior_eval.get("nll_bits"))):
+        if value is not None:
+            results.append(f"      - type: {name}\n        value: {value:.4f}")
+    lines = ["---", "license: mit", "library_name: brainvq", "tags:", "  - vq-vae", "  - pixelcnn",
+             "  - brain-mri", "  - oasis", "datasets:", "  - OASIS-1 (keras_png_slices_data)", "model-index:",
+             "  - name: brainvq", "    results:", "    - task:", "        type: image-reconstruction",
+             "      dataset:", "        name: OASIS-1 validate split", "        type: oasis",
+             "      metrics:", *results, "---", "",
+             "# brainvq weights", "",
+             "A VQ-VAE (`vqvae/`) that codes 256x256 brain MRI slices as 32x32 grids of codebook indices, "
+             "and a gated PixelCNN prior (`prior/`) over those grids, conditioned on slice position.",
+             "Load with `VQVAE.from_pretrained` / `GatedPixelCNN.from_pretrained` from the brainvq package.", "",
+             "## Training", "", f"Trained on the OASIS train split (9664 slices) on {machine}.", ""]
+    for title, summary in (("VQ-VAE", vqvae), ("Prior", prior)):
+        config = summary.get("config", {})
+        budget = (f"{config['minutes']} minutes" if config.get("minutes") else f"{config.get('epochs')} epochs")
+        lines.append(f"- {title}: budget {budget}, batch {config.get('batch_size')}, lr {config.get('lr')}, "
+                     f"seed {config.get('seed')}")
+    lines += ["", "## Validate metrics", "", "| metric | value |", "| --- | --- |"]
+    for key, value in {**validate, **{f"prior_{k}": v for k, v in prior_eval.items()}}.items():
+        if isinstance(value, float):
+            lines.append(f"| {key} | {value:.4f} |")
+    lines += ["", "SSIM is scikit-image's `structural_similarity(x, y, data_range=1.0)` on [0, 1] images; "
+              "in-brain SSIM averages the SSIM map over the head only.", "", "## Data and citation", "",
+              "OASIS-1 cross-sectional MRI, preprocessed 2-D slice release. " + CITATION, ""]
+    return "\n".join(lines)
+
+
+def package(vqvae_dir: Path, prior_dir: Path, out: Path, machine: str) -> Path:
+    for path in (vqvae_dir, prior_dir):
+        if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+            fail(f"{path} is not a model directory (needs config.json and model.safetensors)")
+    out.mkdir(parents=True, exist_ok=True)
+    for name, source in (("vqvae", vqvae_dir), ("prior", prior_dir)):
+        shutil.rmtree(out / name, ignore_errors=True)
+        shutil.copytree(source, out / name)
+    (out / "README.md").write_text(model_card(run_summary(vqvae_dir), run_summary(prior_dir), machine))
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vqvae", required=True, type=Path)
+    parser.add_argument("--prior", required=True, type=Path)
+    parser.add_argument("--repo-id", help="Hub repo to upload to (needs a token: huggingface-cli login)")
+    parser.add_argument("--out", type=Path, help="write the folder here (and upload it only with --repo-id)")
+    parser.add_argument("--machine", default="a 2-core AMD Zen 4 CPU (no GPU)")
+    parser.add_argument("--private", action="store_true")
+    args = parser.parse_args(argv)
+    if not args.repo_id and not args.out:
+        fail("give --repo-id to upload, --out to write the folder, or both")
+    folder = package(args.vqvae, args.prior, args.out or Path(tempfile.mkdtemp()), args.machine)
+    print(f"packaged weights and model card in {folder}")
+    if args.repo_id:
+        from huggingface_hub import HfApi
+        try:
+            api = HfApi()
+            api.create_repo(args.repo_id, private=args.private, exist_ok=True)
+            api.upload_folder(repo_id=args.repo_id, folder_path=str(folder), commit_message="brainvq weights")
+        except Exception as error:  # no token, no network, no permission
+            fail(f"upload to {args.repo_id} failed: {error}")
+        print(f"uploaded to https://huggingface.co/{args.repo_id}")
+
+
+if __name__ == "__main__":
+    main()
