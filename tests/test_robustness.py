@@ -25,36 +25,40 @@ def train_command(data, out, *extra):
     return [sys.executable, "-m", "train.vqvae", "--data", str(data), "--out", str(out), *TINY, *extra]
 
 
-def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(oasis_like, tmp_path):
+def kill_and_resume(data, out: Path, kills: int, seed: int = 0, extra=()) -> int:
+    """Train into ``out``, SIGKILL the trainer ``kills`` times at random moments once training is
+    under way, resuming each time, then let it finish. Returns how many kills landed."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    whole = tmp_path / "whole"
-    subprocess.run(train_command(oasis_like, whole), check=True, cwd=ROOT, env=env, capture_output=True)
-
-    killed = tmp_path / "killed"
-    rng = random.Random(0)
-    kills = 0
-    for attempt in range(12):
-        process = subprocess.Popen(train_command(oasis_like, killed, "--resume", "--checkpoint-steps", "1"),
+    rng = random.Random(seed)
+    landed = 0
+    for _ in range(kills + 10):
+        process = subprocess.Popen(train_command(data, out, "--resume", "--checkpoint-steps", "1", *extra),
                                    cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if kills < 3:
-            # wait until training is under way (a checkpoint exists), then kill at a random moment
-            deadline = time.time() + 60
-            while not (killed / CHECKPOINT).exists() and process.poll() is None and time.time() < deadline:
+        if landed < kills:
+            deadline = time.time() + 120
+            while not (out / CHECKPOINT).exists() and process.poll() is None and time.time() < deadline:
                 time.sleep(0.05)
             time.sleep(rng.uniform(0.0, 1.5))
             if process.poll() is None:
                 process.send_signal(signal.SIGKILL)
-                kills += 1
-        _, stderr = process.communicate(timeout=300)
+                landed += 1
+        _, stderr = process.communicate(timeout=600)
         if process.returncode == 0:
-            break
+            return landed
         assert process.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
-    assert kills >= 1 and process.returncode == 0
-    a = load_file(whole / "model" / "model.safetensors")
-    b = load_file(killed / "model" / "model.safetensors")
-    assert a.keys() == b.keys()
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
+    raise AssertionError("training never finished")
+
+
+def same_weights(a_dir: Path, b_dir: Path) -> bool:
+    a = load_file(a_dir / "model" / "model.safetensors")
+    b = load_file(b_dir / "model" / "model.safetensors")
+    return a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(oasis_like, tmp_path):
+    subprocess.run(train_command(oasis_like, tmp_path / "whole"), check=True, cwd=ROOT, capture_output=True)
+    assert kill_and_resume(oasis_like, tmp_path / "killed", kills=3) >= 1
+    assert same_weights(tmp_path / "whole", tmp_path / "killed")
 
 
 def test_resume_refuses_a_pickle_that_would_run_code(oasis_like, tmp_path):
