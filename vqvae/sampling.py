@@ -86,8 +86,9 @@ def sample_cached(prior: GatedPixelCNN, n: int, positions=None, temperature: flo
     channels = prior.embedding.embedding_dim
     condition = prior.conditions(positions, n)
     param = prior.embedding.weight
-    # inputs[l]: the input of layer l, vertical and horizontal, with the left zero padding the
-    # horizontal convolution needs already in place (columns shifted by ``pad``).
+    # v_inputs[l]: layer l's vertical input, the whole grid (rows fill in as they complete).
+    # h_inputs[l]: layer l's horizontal input for the current row only, with the left zero
+    # padding of the horizontal convolution already in place (columns shifted by ``pad``).
     pad = max(layer.h_width for layer in layers)
     v_inputs = [torch.zeros((n, channels, size, size), dtype=param.dtype, device=param.device)
                 for _ in range(len(layers))]
@@ -129,7 +130,6 @@ def sample_cached(prior: GatedPixelCNN, n: int, positions=None, temperature: flo
             h.zero_()
         for j in range(size):
             skips = 0
-            x = None
             for l, layer in enumerate(layers):
                 w_h, b_h, _, _, w_out, b_out, w_skip, b_skip = h_weights[l]
                 if layer.first:  # sees columns j-w .. j-1
