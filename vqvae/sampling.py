@@ -97,7 +97,9 @@ def sample_cached(prior: GatedPixelCNN, n: int, positions=None, temperature: flo
     v_from_above = [None] * len(layers)
     biases = [layer.condition(condition).chunk(2, dim=1) for layer in layers]
     h_weights = [(_linear_weight(l.h_conv), l.h_conv.bias, _linear_weight(l.v_to_h), l.v_to_h.bias,
-                  _linear_weight(l.h_out), l.h_out.bias, _linear_weight(l.skip), l.skip.bias)
+                  # h_out and skip read the same gated units: one matrix product for both
+                  torch.cat([_linear_weight(l.h_out), _linear_weight(l.skip)]),
+                  torch.cat([l.h_out.bias, l.skip.bias]))
                  for l in layers]
     head = prior.head
     head_weights = (_linear_weight(head[1]), head[1].bias, _linear_weight(head[3]), head[3].bias)
@@ -112,14 +114,17 @@ def sample_cached(prior: GatedPixelCNN, n: int, positions=None, temperature: flo
             window = v_inputs[l][:, :, max(top, 0):row + 1]
             window = F.pad(window, (layer.v_width // 2, layer.v_width // 2, max(-top, 0), 0))
             v_pre = layer.v_conv(window)[:, :, 0]  # (B, 2C, W)
-            # The horizontal stack of the next row sees this row through v_to_h.
-            w_vh, b_vh = h_weights[l][2], h_weights[l][3]
-            v_from_above[l] = torch.einsum("oc,bcw->bwo", w_vh, v_pre) + b_vh
+            # The horizontal stack of the next row sees this row through v_to_h; its other
+            # per-row constants (the conv bias, the condition) are folded in here once.
+            w_h, b_h, w_vh, b_vh = h_weights[l][:4]
+            v_from_above[l] = (torch.einsum("oc,bcw->bwo", w_vh, v_pre) + b_vh
+                               + (b_h + biases[l][1])[:, None])
             if l + 1 < len(layers):
                 v_inputs[l + 1][:, :, row] = gate(v_pre + biases[l][0][:, :, None])
 
     for l in range(len(layers)):  # row 0 sees nothing above: v_to_h of zeros is its bias
-        v_from_above[l] = h_weights[l][3].expand(n, size, -1)
+        w_h, b_h, w_vh, b_vh = h_weights[l][:4]
+        v_from_above[l] = (b_vh + b_h + biases[l][1])[:, None].expand(n, size, -1)
     for i in range(size):
         if i > 0:
             advance_vertical(i - 1)
@@ -131,15 +136,14 @@ def sample_cached(prior: GatedPixelCNN, n: int, positions=None, temperature: flo
         for j in range(size):
             skips = 0
             for l, layer in enumerate(layers):
-                w_h, b_h, _, _, w_out, b_out, w_skip, b_skip = h_weights[l]
+                w_h, _, _, _, w_out_skip, b_out_skip = h_weights[l]
                 if layer.first:  # sees columns j-w .. j-1
                     window = h_inputs[l][:, :, pad + j - layer.h_width:pad + j]
                 else:            # sees columns j-w+1 .. j
                     window = h_inputs[l][:, :, pad + j - layer.h_width + 1:pad + j + 1]
-                pre = F.linear(window.reshape(n, -1), w_h, b_h) + v_from_above[l][:, j] + biases[l][1]
-                gated = gate(pre)
-                skips = skips + F.linear(gated, w_skip, b_skip)
-                out = F.linear(gated, w_out, b_out)
+                pre = torch.addmm(v_from_above[l][:, j], window.reshape(n, -1), w_h.t())
+                out, skip = F.linear(gate(pre), w_out_skip, b_out_skip).chunk(2, dim=1)
+                skips = skips + skip
                 if not layer.first:
                     out = out + h_inputs[l][:, :, pad + j]
                 if l + 1 < len(layers):
