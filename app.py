@@ -127,7 +127,7 @@ def build(models: demo.Models) -> gr.Blocks:
                 keep_rows = gr.Slider(0, 32, value=16, step=1, label="Completion: rows kept from the uploaded slice")
                 complete_button = gr.Button("Complete the uploaded slice")
             status = gr.Markdown()
-            gallery = gr.Gallery(label="Samples", columns=4, height="auto")
+            gallery = gr.Gallery(label="Samples", columns=4, height="auto", format="png")
 
         recon_outputs = [shown_input, shown_recon, shown_error, summary, slice_index,
                          current_image, current_codes, code_image, usage_plot]

@@ -7,8 +7,6 @@ meant for the user; the app shows it and keeps serving.
 """
 from __future__ import annotations
 
-import queue
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from .data import DataError, to_grayscale_uint8
 from .metrics import image_metrics
 from .model import VQVAE
 from .prior import GatedPixelCNN
-from .sampling import sample_cached
+from .sampling import iter_rows_cached
 
 SIZE = 256
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
@@ -234,7 +232,7 @@ def partial_decode(vqvae: VQVAE, codes: torch.Tensor, rows_done: int) -> list[np
 
 def sample_stream(models: Models, n: int, temperature: float = 1.0, top_k: int | None = None,
                   seed: int = 0, position: int | None = None, initial: np.ndarray | None = None,
-                  keep_rows: int = 0, every: int = 4):
+                  keep_rows: int = 0, every: int = 8):
     """Yield (images, rows done, rows total) while the cached sampler fills the grids, every
     ``every`` rows and at the end. ``initial`` + ``keep_rows`` gives completion of a real slice."""
     prior, vqvae = models.prior, models.vqvae
@@ -246,28 +244,11 @@ def sample_stream(models: Models, n: int, temperature: float = 1.0, top_k: int |
         raise InputError(f"slice position must be between 0 and {prior.num_positions - 1}")
     if not 0 <= keep_rows <= prior.grid_size:
         raise InputError(f"rows to keep must be between 0 and {prior.grid_size}")
-    updates: queue.Queue = queue.Queue()
-
-    def progress(rows, codes):
+    start = None if initial is None else torch.from_numpy(np.asarray(initial)).long()[None].expand(n, -1, -1)
+    rows_iter = iter_rows_cached(prior, n, positions=None if position is None else torch.full((n,), position),
+                                 temperature=temperature, top_k=top_k or None,
+                                 generator=torch.Generator().manual_seed(int(seed)),
+                                 initial=start, keep_rows=keep_rows if initial is not None else 0)
+    for rows, codes in rows_iter:
         if rows % every == 0 or rows == prior.grid_size:
-            updates.put((rows, codes.clone()))
-
-    def work():
-        try:
-            start = None if initial is None else torch.from_numpy(np.asarray(initial)).long()[None].expand(n, -1, -1)
-            sample_cached(prior, n, positions=None if position is None else torch.full((n,), position),
-                          temperature=temperature, top_k=top_k or None,
-                          generator=torch.Generator().manual_seed(int(seed)),
-                          initial=start, keep_rows=keep_rows if initial is not None else 0, progress=progress)
-        except Exception as error:  # surfaced to the caller below
-            updates.put(error)
-        updates.put(None)
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    while (item := updates.get()) is not None:
-        if isinstance(item, Exception):
-            raise item
-        rows, codes = item
-        yield partial_decode(vqvae, codes, rows), rows, prior.grid_size
-    thread.join()
+            yield partial_decode(vqvae, codes, rows), rows, prior.grid_size

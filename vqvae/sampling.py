@@ -74,12 +74,28 @@ def _linear_weight(conv: torch.nn.Conv2d) -> torch.Tensor:
     return conv.weight.reshape(conv.out_channels, -1)
 
 
-@torch.no_grad()
 def sample_cached(prior: GatedPixelCNN, n: int, positions=None, temperature: float = 1.0,
                   top_k: int | None = None, generator: torch.Generator | None = None,
                   initial: torch.Tensor | None = None, keep_rows: int = 0,
                   progress: Progress | None = None) -> torch.Tensor:
     """Same contract and same codes as ``sample_reference``, about two orders of magnitude faster."""
+    for rows, codes in iter_rows_cached(prior, n, positions, temperature, top_k, generator, initial, keep_rows):
+        if progress:
+            progress(rows, codes)
+    return codes
+
+
+def iter_rows_cached(prior: GatedPixelCNN, n: int, positions=None, temperature: float = 1.0,
+                     top_k: int | None = None, generator: torch.Generator | None = None,
+                     initial: torch.Tensor | None = None, keep_rows: int = 0):
+    """The cached sampler as a generator: yields (rows completed, codes so far) after each row
+    (for rows < keep_rows, once at the end of the kept part), so a caller can stream progress
+    without a thread."""
+    with torch.no_grad():
+        yield from _iter_rows_cached(prior, n, positions, temperature, top_k, generator, initial, keep_rows)
+
+
+def _iter_rows_cached(prior, n, positions, temperature, top_k, generator, initial, keep_rows):
     prior.eval()
     codes, positions = _start(prior, n, positions, initial, keep_rows)
     size, layers = prior.grid_size, prior.layers
@@ -130,6 +146,8 @@ def sample_cached(prior: GatedPixelCNN, n: int, positions=None, temperature: flo
             advance_vertical(i - 1)
         if i < keep_rows:
             embed_row(i)
+            if i + 1 == keep_rows:
+                yield keep_rows, codes
             continue
         for h in h_inputs:
             h.zero_()
@@ -154,9 +172,7 @@ def sample_cached(prior: GatedPixelCNN, n: int, positions=None, temperature: flo
             codes[:, i, j] = code
             h_inputs[0][:, :, pad + j] = prior.embedding(code)
         embed_row(i)
-        if progress:
-            progress(i + 1, codes)
-    return codes
+        yield i + 1, codes
 
 
 SAMPLERS = {"cached": sample_cached, "reference": sample_reference}
