@@ -57,7 +57,8 @@ def build(models: demo.Models) -> gr.Blocks:
         image, note, count, index = demo.read_upload(file, None if slice_index is None else int(slice_index))
         result = demo.reconstruct_slice(vqvae, image)
         m = result["metrics"]
-        summary = (f"**SSIM** {m['ssim']:.4f} &nbsp; **in-brain SSIM** {m['ssim_brain']:.4f} &nbsp; "
+        brain = "n/a (no brain pixels)" if np.isnan(m["ssim_brain"]) else f"{m['ssim_brain']:.4f}"
+        summary = (f"**SSIM** {m['ssim']:.4f} &nbsp; **in-brain SSIM** {brain} &nbsp; "
                    f"**PSNR** {m['psnr']:.2f} dB  \nInput: {note}")
         slider = gr.Slider(maximum=max(count - 1, 1), visible=count > 1, value=index)
         usage = pd.DataFrame(demo.code_usage(result["codes"], models.code_frequencies))

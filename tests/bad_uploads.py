@@ -72,7 +72,7 @@ GOOD_UPLOADS = [
     ("RGB PNG", "rgb.png", lambda: _png(np.zeros((256, 256), np.uint8), "RGB")),
     ("RGBA PNG", "rgba.png", lambda: _png(np.zeros((256, 256), np.uint8), "RGBA")),
     ("palette PNG", "palette.png", lambda: _png(np.zeros((256, 256), np.uint8), "P")),
-    ("JPEG, 300x200", "photo.jpg", _jpeg),
+    ("JPEG, 64x64", "photo.jpg", _jpeg),
 ]
 
 
