@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from vqvae.hub import from_pretrained  # noqa: E402
 from vqvae.prior import GatedPixelCNN  # noqa: E402
 from vqvae.sampling import sample_cached, sample_reference  # noqa: E402
 
@@ -52,7 +53,7 @@ def main():
                         help="seconds of reference sampling per count before extrapolating")
     args = parser.parse_args()
     torch.manual_seed(0)
-    prior = (GatedPixelCNN.from_pretrained(args.prior) if args.prior else GatedPixelCNN()).eval()
+    prior = from_pretrained(GatedPixelCNN, args.prior) if args.prior else GatedPixelCNN().eval()
     params = sum(p.numel() for p in prior.parameters()) / 1e6
     print(f"prior: {args.prior or 'random init, default config'} ({params:.2f} M parameters, "
           f"{prior.grid_size}x{prior.grid_size} grid, {prior.num_codes} codes), "
