@@ -24,7 +24,7 @@ def main():
     folder = Path(tempfile.mkdtemp())
     with start_app(args.model) as (url, pid, _):
         client = Client(url, verbose=False)
-        print(f"| upload | what the user saw |\n| --- | --- |")
+        print("| upload | what the user saw |\n| --- | --- |")
         for kind, name, make, *_ in BAD_UPLOADS + GOOD_UPLOADS:
             path = write(folder, name, make)
             try:

@@ -15,15 +15,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vqvae.demo import to_uint8
 from vqvae.model import VQVAE
 from vqvae.prior import GatedPixelCNN
 from vqvae.sampling import SAMPLERS
 from train.cli import fail, load_model
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(N, 1, H, W) in [0, 1] -> (N, H, W) uint8."""
-    return np.round(images[:, 0].clamp(0, 1).numpy() * 255).astype(np.uint8)
 
 
 def mosaic(images: np.ndarray, columns: int | None = None, gap: int = 2) -> np.ndarray:
@@ -74,7 +70,7 @@ def main(argv=None):
     seconds = time.perf_counter() - start
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    pixels = to_uint8(images)
+    pixels = to_uint8(images[:, 0])  # (N, H, W)
     for k, image in enumerate(pixels):
         Image.fromarray(image).save(out / f"sample_{k:03d}.png")
     Image.fromarray(mosaic(pixels)).save(out / "grid.png")
