@@ -122,3 +122,30 @@ def test_push_to_hub_without_network_fails_with_one_line(trained, tmp_path):
                      "--prior", str(trained / "prior" / "model"), "--repo-id", "someone/brainvq")
     assert result.returncode != 0 and "upload to someone/brainvq failed" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_position_net_and_generation_metrics_end_to_end(trained, oasis_like, capsys):
+    from train import evaluate_generation, position_net
+    position_net.main(["--data", str(oasis_like), "--out", str(trained / "position"), "--epochs", "1",
+                       "--batch-size", "4", "--no-progress", "--threads", "1"])
+    assert "within_one" in capsys.readouterr().out
+    evaluate_generation.main(["--vqvae", str(trained / "vqvae" / "model"), "--prior", str(trained / "prior" / "model"),
+                              "--data", str(oasis_like), "--features", str(trained / "position" / "model"),
+                              "-n", "6", "--classifier-steps", "3", "--pairs", "4", "--json",
+                              "--out", str(trained / "generation")])
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 6 and report["uniform_bits"] == 4.0
+    assert 0 <= report["two_sample_accuracy"] <= 1 and report["frechet"] >= 0
+    assert (trained / "generation" / "samples.png").is_file()
+
+
+def test_rd_table_trains_each_factor_and_reuses_a_given_model(trained, oasis_like, tmp_path, capsys):
+    from train import rd_table
+    rd_table.main(["--data", str(oasis_like), "--out", str(tmp_path), "--factors", "4", "8", "--epochs", "1",
+                   "--minutes", "1", "--model", f"8={trained / 'vqvae' / 'model'}", "--no-progress",
+                   *[a for a in TINY_VQVAE if a != "--no-progress"]])
+    rows = json.loads((tmp_path / "rd_table.json").read_text())
+    assert [r["f"] for r in rows] == [4, 8]
+    assert rows[0]["bits_per_pixel"] == pytest.approx(4 / 16) and rows[1]["minutes"] == "given"
+    assert (tmp_path / "f4" / "model" / "model.safetensors").is_file()
+    assert "| 4 | 64x64 |" in capsys.readouterr().out

@@ -34,12 +34,13 @@ def mosaic(images: np.ndarray, columns: int | None = None, gap: int = 2) -> np.n
     return grid
 
 
-def generate(vqvae: VQVAE, prior: GatedPixelCNN, n: int, position: int | None = None,
+def generate(vqvae: VQVAE, prior: GatedPixelCNN, n: int, position: int | torch.Tensor | None = None,
              temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
              sampler: str = "cached") -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (slices (n, 1, H, W) in [0, 1], code grids (n, h, w))."""
+    """-> (slices (n, 1, H, W) in [0, 1], code grids (n, h, w)). ``position``: one slice
+    position for all, one per sample (n,), or None (unconditional)."""
     generator = torch.Generator().manual_seed(seed)
-    positions = None if position is None else torch.full((n,), position)
+    positions = None if position is None else torch.as_tensor(position).long().expand(n)
     codes = SAMPLERS[sampler](prior, n, positions=positions, temperature=temperature,
                               top_k=top_k, generator=generator)
     return vqvae.decode(codes), codes

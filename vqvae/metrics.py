@@ -15,13 +15,8 @@ from skimage.metrics import structural_similarity
 SSIM_WINDOW = 7  # scikit-image's default
 
 
-def ssim_torch(x: torch.Tensor, y: torch.Tensor, window: int = SSIM_WINDOW,
-               k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
-    """Mean SSIM per image (B,) of (B, 1, H, W) tensors in [0, 1], differentiable.
-
-    Same definition as scikit-image's defaults: uniform ``window`` x ``window`` means,
-    sample covariance, and only windows lying fully inside the image (skimage crops
-    (window-1)/2 pixels at each edge before averaging)."""
+def _ssim_terms(x: torch.Tensor, y: torch.Tensor, window: int, k1: float, k2: float):
+    """SSIM's luminance and contrast-structure maps of (B, C, H, W) tensors in [0, 1]."""
     x, y = x.float().contiguous(), y.float().contiguous()
     n = window * window
     # One average pool over the five maps: a box filter is the uniform window, and pooling
@@ -33,8 +28,37 @@ def ssim_torch(x: torch.Tensor, y: torch.Tensor, window: int = SSIM_WINDOW,
     vy = cov_norm * (myy - my * my)
     vxy = cov_norm * (mxy - mx * my)
     c1, c2 = k1 ** 2, k2 ** 2
-    s = ((2 * mx * my + c1) * (2 * vxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-    return s.mean(dim=(1, 2, 3))
+    return (2 * mx * my + c1) / (mx * mx + my * my + c1), (2 * vxy + c2) / (vx + vy + c2)
+
+
+def ssim_torch(x: torch.Tensor, y: torch.Tensor, window: int = SSIM_WINDOW,
+               k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
+    """Mean SSIM per image (B,) of (B, 1, H, W) tensors in [0, 1], differentiable.
+
+    Same definition as scikit-image's defaults: uniform ``window`` x ``window`` means,
+    sample covariance, and only windows lying fully inside the image (skimage crops
+    (window-1)/2 pixels at each edge before averaging)."""
+    luminance, contrast_structure = _ssim_terms(x, y, window, k1, k2)
+    return (luminance * contrast_structure).mean(dim=(1, 2, 3))
+
+
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def ms_ssim_torch(x: torch.Tensor, y: torch.Tensor, weights=MS_SSIM_WEIGHTS,
+                  window: int = SSIM_WINDOW) -> torch.Tensor:
+    """Multi-scale SSIM per image (B,) (Wang, Simoncelli and Bovik 2003): contrast-structure at
+    every scale, luminance at the coarsest, each scale halving the image by 2x2 averaging.
+    Same window as ``ssim_torch``, so with one weight it is exactly SSIM. Negative
+    contrast-structure terms are clamped to 0 before the fractional powers."""
+    result = torch.ones(x.shape[0], device=x.device)
+    for scale, weight in enumerate(weights):
+        if scale:
+            x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
+        luminance, contrast_structure = _ssim_terms(x, y, window, 0.01, 0.03)
+        term = contrast_structure if scale + 1 < len(weights) else luminance * contrast_structure
+        result = result * term.mean(dim=(1, 2, 3)).clamp_min(0) ** weight
+    return result
 
 
 def brain_mask(image: np.ndarray, dilation: int = 3) -> np.ndarray:
