@@ -12,11 +12,13 @@ import argparse
 import functools
 import logging
 import os
+import uuid
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from vqvae import demo
 from vqvae.demo import InputError
@@ -24,6 +26,16 @@ from vqvae.hub import load_models
 
 EXAMPLES = sorted(str(p) for p in (Path(__file__).parent / "assets" / "examples").glob("*.png"))
 POSITIONS = ["any"] + [str(k) for k in range(32)]
+
+
+def shown(array: np.ndarray) -> Image.Image:
+    """An output image with a unique PNG text chunk. Gradio stores each output under a name
+    derived from its bytes and rewrites that file when another request produces the same bytes
+    (e.g. two users clicking the same example at once), so one of them could fetch a
+    half-written file; unique bytes give every response its own file."""
+    image = Image.fromarray(array)
+    image.info["brainvq-response"] = uuid.uuid4().hex  # written by Gradio's PNG encoder
+    return image
 
 
 def user_errors(fn):
@@ -62,22 +74,22 @@ def build(models: demo.Models) -> gr.Blocks:
                    f"**PSNR** {m['psnr']:.2f} dB  \nInput: {note}")
         slider = gr.Slider(maximum=max(count - 1, 1), visible=count > 1, value=index)
         usage = pd.DataFrame(demo.code_usage(result["codes"], models.code_frequencies))
-        return (image, result["reconstruction"], result["error"], summary, slider,
-                image, result["codes"], demo.code_map(result["codes"], vqvae.num_codes), usage)
+        return (shown(image), shown(result["reconstruction"]), shown(result["error"]), summary, slider,
+                image, result["codes"], shown(demo.code_map(result["codes"], vqvae.num_codes)), usage)
 
     @user_errors
     def show_code(image, codes, code):
         if image is None or codes is None:
             raise InputError("reconstruct a slice first")
         code = int(code)
-        return demo.highlight_code(image, np.asarray(codes), code), demo.decode_code(vqvae, code)
+        return shown(demo.highlight_code(image, np.asarray(codes), code)), shown(demo.decode_code(vqvae, code))
 
     @user_errors_stream
     def sample(n, temperature, top_k, seed, position):
         position = None if position in (None, "any") else int(position)
         for images, rows, total in demo.sample_stream(models, int(n), float(temperature), int(top_k),
                                                       int(seed), position):
-            yield images, f"{rows}/{total} rows sampled"
+            yield [shown(image) for image in images], f"{rows}/{total} rows sampled"
 
     @user_errors_stream
     def complete(codes, keep_rows, temperature, top_k, seed):
@@ -85,7 +97,7 @@ def build(models: demo.Models) -> gr.Blocks:
             raise InputError("reconstruct a slice first: completion starts from its codes")
         for images, rows, total in demo.sample_stream(models, 4, float(temperature), int(top_k), int(seed),
                                                       initial=np.asarray(codes), keep_rows=int(keep_rows)):
-            yield images, f"{rows}/{total} rows ({int(keep_rows)} kept from the slice)"
+            yield [shown(image) for image in images], f"{rows}/{total} rows ({int(keep_rows)} kept from the slice)"
 
     with gr.Blocks(title="brainvq") as app:
         gr.Markdown("# brainvq\nA VQ-VAE codes each 256x256 brain MRI slice as a 32x32 grid of "
@@ -100,22 +112,22 @@ def build(models: demo.Models) -> gr.Blocks:
             if EXAMPLES:
                 gr.Examples(EXAMPLES, inputs=upload, label="Examples (samples this project generated)")
             with gr.Row():
-                shown_input = gr.Image(label="Input", type="numpy", image_mode="L", interactive=False)
-                shown_recon = gr.Image(label="Reconstruction", type="numpy", image_mode="L", interactive=False)
-                shown_error = gr.Image(label="|error| (full scale = 0.25)", type="numpy", interactive=False)
+                shown_input = gr.Image(label="Input", image_mode="L", format="png", interactive=False)
+                shown_recon = gr.Image(label="Reconstruction", image_mode="L", format="png", interactive=False)
+                shown_error = gr.Image(label="|error| (full scale = 0.25)", format="png", interactive=False)
             summary = gr.Markdown("Non-square or non-256x256 images are padded with black to a square "
                                   "and resized to 256x256; the note below the metrics says what was done.")
         with gr.Tab("Codebook map"):
             with gr.Row():
-                code_image = gr.Image(label="Code grid (one colour per code)", type="numpy", interactive=False)
+                code_image = gr.Image(label="Code grid (one colour per code)", format="png", interactive=False)
                 usage_plot = gr.BarPlot(x="code", y="share", color="source", label="Most used codes",
                                         x_label_angle=-45, sort=None)
             with gr.Row():
                 code = gr.Number(label="Code", value=0, precision=0, minimum=0, maximum=vqvae.num_codes - 1)
                 show = gr.Button("Show where it occurs")
             with gr.Row():
-                highlighted = gr.Image(label="Where the code occurs", type="numpy", interactive=False)
-                decoded = gr.Image(label="The code alone, decoded", type="numpy", image_mode="L", interactive=False)
+                highlighted = gr.Image(label="Where the code occurs", format="png", interactive=False)
+                decoded = gr.Image(label="The code alone, decoded", image_mode="L", format="png", interactive=False)
         with gr.Tab("Sampling"):
             with gr.Row():
                 n = gr.Slider(1, 16, value=4, step=1, label="Number of samples")

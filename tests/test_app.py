@@ -145,12 +145,12 @@ def rss_mb(pid: int, key: str = "VmRSS") -> float:
 
 
 def test_concurrent_clients_mixing_uploads_and_sampling(server, tmp_path):
-    """6 clients at once, each uploading its own slice, reconstructing and sampling twice
-    (loopback only, bounded): no errors, and the server's memory stays bounded.
+    """6 clients at once, reconstructing and sampling twice (loopback only, bounded): no
+    errors, every returned image decodes, and the server's memory stays bounded.
 
-    Each client uploads a different slice, as real users do: Gradio 6 rewrites the cached file
-    of an output image whose bytes another request produced too, and a client fetching it at
-    that moment gets a broken download (gradio/processing_utils.py, save_pil_to_cache)."""
+    Clients 0-2 upload the very same slice and sample with the same seed: Gradio names a cached
+    output by its bytes and rewrites the file when another request produces the same bytes, so
+    without the app's unique outputs (app.shown) one of them could fetch a half-written file."""
     import threading
 
     from gradio_client import Client, handle_file
@@ -160,15 +160,20 @@ def test_concurrent_clients_mixing_uploads_and_sampling(server, tmp_path):
     uploads = []
     for seed in range(6):
         uploads.append(tmp_path / f"slice_{seed}.png")
-        Image.fromarray(synthetic_slice(np.random.default_rng(100 + seed), 256)).save(uploads[-1])
+        Image.fromarray(synthetic_slice(np.random.default_rng(100 + max(seed, 2)), 256)).save(uploads[-1])
 
     def client_work(seed):
         try:
             client = Client(url, verbose=False)
             for round_ in range(2):
-                assert "SSIM" in client.predict(handle_file(str(uploads[seed])), api_name="/reconstruct")[3]
-                gallery, status = client.predict(2, 1.0, 0, seed * 10 + round_, "any", api_name="/sample")
+                result = client.predict(handle_file(str(uploads[seed])), api_name="/reconstruct")
+                assert "SSIM" in result[3]
+                for path in result[:3]:
+                    Image.open(path).load()
+                gallery, status = client.predict(2, 1.0, 0, max(seed, 2) * 10 + round_, "any", api_name="/sample")
                 assert len(gallery) == 2
+                for item in gallery:
+                    Image.open(item["image"]).load()
         except Exception as error:  # collected and reported below
             errors.append(repr(error))
     before = rss_mb(server_pid())
