@@ -79,6 +79,14 @@ def test_sample_writes_pngs_and_grid(trained, tmp_path):
         assert grid.size == (256 * 2 + 2, 256)
 
 
+def test_sample_grid_has_one_row_per_slice_position(trained, tmp_path):
+    sample.main(["--vqvae", str(trained / "vqvae" / "model"), "--prior", str(trained / "prior" / "model"),
+                 "-n", "2", "--out", str(tmp_path), "--slice", "0", "2", "3"])
+    assert len(list(tmp_path.glob("sample_*.png"))) == 6
+    with Image.open(tmp_path / "grid.png") as grid:
+        assert grid.size == (256 * 2 + 2, 256 * 3 + 2 * 2)
+
+
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[1])
@@ -137,6 +145,13 @@ def test_position_net_and_generation_metrics_end_to_end(trained, oasis_like, cap
     assert report["images"] == 6 and report["uniform_bits"] == 4.0
     assert 0 <= report["two_sample_accuracy"] <= 1 and report["frechet"] >= 0
     assert (trained / "generation" / "samples.png").is_file()
+    from train import push_to_hub
+    push_to_hub.main(["--vqvae", str(trained / "vqvae" / "model"), "--prior", str(trained / "prior" / "model"),
+                      "--generation", str(trained / "generation" / "report.json"),
+                      "--features", str(trained / "position" / "model"), "--out", str(trained / "card")])
+    card = (trained / "card" / "README.md").read_text()
+    assert "## Generation metrics (6 samples" in card and "classifier two-sample accuracy" in card
+    assert (trained / "card" / "position_net" / "model.safetensors").is_file()
 
 
 def test_rd_table_trains_each_factor_and_reuses_a_given_model(trained, oasis_like, tmp_path, capsys):

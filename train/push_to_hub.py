@@ -6,6 +6,8 @@
 The folder holds vqvae/ and prior/ (Hub layout) and README.md, a model card whose metadata
 (license, tags, dataset, metrics) comes from the runs' own logs: the last evaluation in each
 run's metrics.jsonl, and RUN_DIR/validate.json from train.evaluate --json where present.
+With --generation (train.evaluate_generation's report.json) the card also shows the generation
+metrics, and --features adds the SliceCNN those metrics use as position_net/.
 With --out only, nothing is uploaded (this is how assets/models is made).
 """
 from __future__ import annotations
@@ -40,7 +42,7 @@ def run_summary(model_dir: Path) -> dict:
     return summary
 
 
-def model_card(vqvae: dict, prior: dict, machine: str) -> str:
+def model_card(vqvae: dict, prior: dict, machine: str, generation: dict | None = None) -> str:
     validate = vqvae.get("validate", vqvae.get("last_eval", {}))
     prior_eval = prior.get("last_eval", {})
     results = []
@@ -68,21 +70,30 @@ def model_card(vqvae: dict, prior: dict, machine: str) -> str:
     for key, value in {**validate, **{f"prior_{k}": v for k, v in prior_eval.items()}}.items():
         if isinstance(value, float):
             lines.append(f"| {key} | {value:.4f} |")
+    if generation:
+        from train.evaluate_generation import table
+        lines += ["", f"## Generation metrics ({generation['images']} samples vs validate, "
+                  f"temperature {generation['temperature']})", "", table(generation), "",
+                  "Made by `python -m train.evaluate_generation`; the Fréchet distance uses `position_net/`, "
+                  "a small CNN trained on OASIS train to predict the slice position."]
     lines += ["", "SSIM is scikit-image's `structural_similarity(x, y, data_range=1.0)` on [0, 1] images; "
               "in-brain SSIM averages the SSIM map over the head only.", "", "## Data and citation", "",
               "OASIS-1 cross-sectional MRI, preprocessed 2-D slice release. " + CITATION, ""]
     return "\n".join(lines)
 
 
-def package(vqvae_dir: Path, prior_dir: Path, out: Path, machine: str) -> Path:
-    for path in (vqvae_dir, prior_dir):
+def package(vqvae_dir: Path, prior_dir: Path, out: Path, machine: str, generation: Path | None = None,
+            features: Path | None = None) -> Path:
+    folders = {"vqvae": vqvae_dir, "prior": prior_dir, **({"position_net": features} if features else {})}
+    for path in folders.values():
         if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
             fail(f"{path} is not a model directory (needs config.json and model.safetensors)")
     out.mkdir(parents=True, exist_ok=True)
-    for name, source in (("vqvae", vqvae_dir), ("prior", prior_dir)):
+    for name, source in folders.items():
         shutil.rmtree(out / name, ignore_errors=True)
         shutil.copytree(source, out / name)
-    (out / "README.md").write_text(model_card(run_summary(vqvae_dir), run_summary(prior_dir), machine))
+    report = json.loads(generation.read_text()) if generation else None
+    (out / "README.md").write_text(model_card(run_summary(vqvae_dir), run_summary(prior_dir), machine, report))
     return out
 
 
@@ -90,6 +101,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vqvae", required=True, type=Path)
     parser.add_argument("--prior", required=True, type=Path)
+    parser.add_argument("--generation", type=Path, help="report.json of train.evaluate_generation")
+    parser.add_argument("--features", type=Path, help="the SliceCNN of the generation metrics")
     parser.add_argument("--repo-id", help="Hub repo to upload to (needs a token: huggingface-cli login)")
     parser.add_argument("--out", type=Path, help="write the folder here (and upload it only with --repo-id)")
     parser.add_argument("--machine", default="a 2-core AMD Zen 4 CPU (no GPU)")
@@ -97,7 +110,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not args.repo_id and not args.out:
         fail("give --repo-id to upload, --out to write the folder, or both")
-    folder = package(args.vqvae, args.prior, args.out or Path(tempfile.mkdtemp()), args.machine)
+    folder = package(args.vqvae, args.prior, args.out or Path(tempfile.mkdtemp()), args.machine,
+                     args.generation, args.features)
     print(f"packaged weights and model card in {folder}")
     if args.repo_id:
         from huggingface_hub import HfApi

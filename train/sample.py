@@ -1,9 +1,10 @@
 """Sample new brain slices: draw code grids from the prior, decode them with the VQ-VAE.
 
     python -m train.sample --vqvae runs/vqvae/model --prior runs/prior/model -n 16 --out samples \\
-        [--slice K] [--temperature T] [--top-k N] [--seed S] [--sampler cached|reference]
+        [--slice K [K ...]] [--temperature T] [--top-k N] [--seed S] [--sampler cached|reference]
 
-Writes sample_000.png ... and grid.png (a near-square mosaic) to OUT.
+Writes sample_000.png ... and grid.png to OUT: a near-square mosaic, or with several --slice
+positions, one row of n samples per position (top to bottom in the order given).
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def main(argv=None):
     parser.add_argument("--prior", required=True)
     parser.add_argument("-n", type=int, default=16, help="number of samples")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--slice", type=int, help="slice position k (default: unconditional)")
+    parser.add_argument("--slice", type=int, nargs="+", help="slice position(s) k (default: unconditional)")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-k", type=int)
     parser.add_argument("--seed", type=int, default=0)
@@ -61,12 +62,14 @@ def main(argv=None):
     vqvae, prior = load_model(VQVAE, args.vqvae), load_model(GatedPixelCNN, args.prior)
     if vqvae.num_codes != prior.num_codes:
         fail(f"the prior models {prior.num_codes} codes but the VQ-VAE has {vqvae.num_codes}")
-    if args.slice is not None and not 0 <= args.slice < prior.num_positions:
+    if args.slice is not None and not all(0 <= k < prior.num_positions for k in args.slice):
         fail(f"--slice must be in 0..{prior.num_positions - 1}")
     if args.n < 1 or args.temperature < 0:
         fail("-n must be >= 1 and --temperature >= 0")
     start = time.perf_counter()
-    images, _ = generate(vqvae, prior, args.n, args.slice, args.temperature, args.top_k,
+    slices = args.slice or [None]
+    positions = None if args.slice is None else torch.tensor(slices).repeat_interleave(args.n)
+    images, _ = generate(vqvae, prior, args.n * len(slices), positions, args.temperature, args.top_k,
                          args.seed, args.sampler)
     seconds = time.perf_counter() - start
     out = Path(args.out)
@@ -74,8 +77,8 @@ def main(argv=None):
     pixels = to_uint8(images[:, 0])  # (N, H, W)
     for k, image in enumerate(pixels):
         Image.fromarray(image).save(out / f"sample_{k:03d}.png")
-    Image.fromarray(mosaic(pixels)).save(out / "grid.png")
-    print(f"wrote {args.n} samples and grid.png to {out} ({seconds:.1f} s, {args.sampler} sampler)")
+    Image.fromarray(mosaic(pixels, columns=args.n if len(slices) > 1 else None)).save(out / "grid.png")
+    print(f"wrote {len(pixels)} samples and grid.png to {out} ({seconds:.1f} s, {args.sampler} sampler)")
 
 
 if __name__ == "__main__":

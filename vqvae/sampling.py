@@ -9,7 +9,10 @@ top-k they pick identical codes whenever their logits agree.
 - ``sample_cached`` computes only what each new position needs (Ramachandran et al. 2017,
   "Fast Generation for Convolutional Autoregressive Models"): once a row is complete, the
   vertical stack advances by that one row in every layer; within a row, the horizontal stack
-  evaluates one position per layer, reading its last few inputs from per-layer buffers.
+  evaluates one position per layer, reading its last few inputs from per-layer buffers. That
+  per-position work runs in NumPy (``_HorizontalStep``), whose calls cost a fraction of torch's
+  at these tiny sizes; the random stream is still torch's, drawn one row at a time (the same
+  numbers as one draw per position).
 """
 from __future__ import annotations
 
