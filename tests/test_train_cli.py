@@ -62,6 +62,13 @@ def test_reconstruct_writes_same_named_pngs(trained, oasis_like, tmp_path):
         assert image.mode == "L" and image.size == (256, 256)
 
 
+def test_reconstruct_figure_rows(trained, oasis_like, tmp_path):
+    reconstruct.main(["--model", str(trained / "vqvae" / "model"), "--figure", "2",
+                      "--input", str(oasis_like / "keras_png_slices_validate"), "--out", str(tmp_path)])
+    with Image.open(tmp_path / "figure.png") as figure:
+        assert figure.mode == "RGB" and figure.size == (3 * 256, 2 * 256)
+
+
 def test_codes_and_prior_baselines(trained):
     data = codes_cli.load_codes(trained / "prior" / "codes_validate.npz")
     assert data["codes"].shape == (4, 32, 32) and data["positions"].tolist() == [0, 1, 2, 3]
