@@ -31,6 +31,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, lr: float, batch_size: in
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
     parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model's forward pass")
     parser.add_argument("--no-progress", action="store_true")
 
 

@@ -85,14 +85,15 @@ def distributed_setup() -> tuple[int, int]:
     return 0, 1
 
 
-def parallel(model: torch.nn.Module) -> torch.nn.Module:
+def parallel(model: torch.nn.Module, compile: bool = False) -> torch.nn.Module:
     """The model to run forward/backward through: DistributedDataParallel under torchrun (it
-    averages gradients across ranks), the model itself otherwise."""
+    averages gradients across ranks), the model itself otherwise; ``compile`` wraps that in
+    ``torch.compile`` (off by default: see benchmarks/train_vqvae.py --compile)."""
     _, world = distributed_setup()
-    if world == 1:
-        return model
-    from torch.nn.parallel import DistributedDataParallel
-    return DistributedDataParallel(model)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        model = DistributedDataParallel(model)
+    return torch.compile(model) if compile else model
 
 
 class TrainingRun:

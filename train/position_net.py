@@ -49,7 +49,7 @@ def train_model(args):
     model = SliceCNN(num_classes=int(train.positions.max()) + 1)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     run = TrainingRun(config, model, optimizer, len(train), extra_config=vars(args))
-    forward = parallel(model)
+    forward = parallel(model, args.compile)
 
     def evaluate():
         return position_accuracy(model, validate.images, validate.positions)

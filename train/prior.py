@@ -76,7 +76,7 @@ def train_model(args):
                           kernel=args.kernel, grid_size=grid)
     optimizer = torch.optim.Adam(prior.parameters(), lr=args.lr)
     run = TrainingRun(config, prior, optimizer, len(train["codes"]), extra_config=vars(args))
-    forward = parallel(prior)
+    forward = parallel(prior, args.compile)
     baselines = {"uniform_bits": math.log2(vqvae.num_codes),
                  "unigram_bits": unigram_bits(validate["codes"], vqvae.num_codes)}
 

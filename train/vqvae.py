@@ -59,7 +59,7 @@ def train_model(args):
     model = model.to(memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     run = TrainingRun(config, model, optimizer, len(train), extra_config=vars(args))
-    forward = parallel(model)  # after TrainingRun: a resumed model is loaded before DDP copies it
+    forward = parallel(model, args.compile)  # after TrainingRun: a resumed model is loaded before DDP copies it
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.bf16 else nullcontext
 
     # A fixed, evenly spread subset keeps periodic evaluation cheap and comparable over time.
