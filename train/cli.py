@@ -32,6 +32,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, lr: float, batch_size: in
     parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint.pt")
     parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model's forward pass")
+    parser.add_argument("--device", default="auto", help="auto (the GPU where there is one), cpu, cuda, cuda:N")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -42,7 +43,7 @@ def run_config(args) -> RunConfig:
     torch.manual_seed(args.seed)
     return RunConfig(out=args.out, minutes=args.minutes, epochs=args.epochs,
                      batch_size=args.batch_size, lr=args.lr, eval_minutes=args.eval_minutes,
-                     checkpoint_steps=args.checkpoint_steps,
+                     checkpoint_steps=args.checkpoint_steps, device=args.device,
                      seed=args.seed, resume=args.resume, progress=not args.no_progress)
 
 

@@ -24,7 +24,8 @@ def encode_images(model: VQVAE, images: torch.Tensor, batch_size: int = 64,
                   progress: bool = True) -> torch.Tensor:
     """uint8 slices (N, 1, H, W) -> code grids (N, H/f, W/f) int64."""
     model.eval()
-    batches = [model.encode(images[i:i + batch_size].float().div_(255.0))
+    device = next(model.parameters()).device
+    batches = [model.encode(images[i:i + batch_size].to(device).float().div_(255.0)).cpu()
                for i in tqdm(range(0, len(images), batch_size), desc="encoding", disable=not progress)]
     return torch.cat(batches)
 

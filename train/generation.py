@@ -51,9 +51,11 @@ class SliceCNN(nn.Module, PyTorchModelHubMixin, library_name="brainvq", license=
         return self.out(self.features(images))
 
 
-def batched(fn, images: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+def batched(fn, images: torch.Tensor, batch_size: int = 128, device: torch.device | str = "cpu") -> torch.Tensor:
+    """fn over images in batches (moved to ``device``), the results concatenated on the CPU."""
     with torch.no_grad():
-        return torch.cat([fn(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+        return torch.cat([fn(images[i:i + batch_size].to(device)).cpu()
+                          for i in range(0, len(images), batch_size)])
 
 
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -51,6 +51,7 @@ class RunConfig:
     final_lr_fraction: float = 0.05   # cosine decay ends at lr * this
     eval_minutes: float = 2.0         # also evaluate every this much training time
     checkpoint_steps: int = 0         # also checkpoint every N steps (0 = only at evaluations)
+    device: str = "auto"              # see training_device
     seed: int = 0
     resume: bool = False
     progress: bool = True
@@ -74,12 +75,27 @@ def atomic_save(obj, path: Path):
     os.replace(tmp, path)
 
 
+def training_device(requested: str = "auto") -> torch.device:
+    """"auto": this process's GPU (cuda:LOCAL_RANK under torchrun) where CUDA is available,
+    else the CPU; or exactly what was asked ("cpu", "cuda", "cuda:1")."""
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(requested)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
 def distributed_setup() -> tuple[int, int]:
     """Join the process group when launched by torchrun; -> (rank, world size).
-    Backend: nccl where CUDA is available, else gloo."""
+    Backend: nccl where CUDA is available (each process on GPU LOCAL_RANK), else gloo."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group("nccl")
+        else:
+            dist.init_process_group("gloo")
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -92,7 +108,8 @@ def parallel(model: torch.nn.Module, compile: bool = False) -> torch.nn.Module:
     _, world = distributed_setup()
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
-        model = DistributedDataParallel(model)
+        device = next(model.parameters()).device
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     return torch.compile(model) if compile else model
 
 
@@ -101,6 +118,8 @@ class TrainingRun:
                  dataset_size: int, extra_config: dict | None = None):
         self.config, self.model, self.optimizer = config, model, optimizer
         self.rank, self.world = distributed_setup()
+        self.device = training_device(config.device)
+        model.to(self.device)  # parameters move in place, so the optimiser's references stay valid
         self.is_main = self.rank == 0
         self.out = Path(config.out)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -135,7 +154,7 @@ class TrainingRun:
     def finished(self) -> bool:
         done = self.progress() >= 1.0
         if self.world > 1:  # time budgets differ slightly per rank: rank 0 decides for all
-            flag = torch.tensor([int(done)])
+            flag = torch.tensor([int(done)], device=self.device)  # nccl only moves GPU tensors
             dist.broadcast(flag, src=0)
             done = bool(flag.item())
         self._tick = time.perf_counter()

@@ -21,7 +21,7 @@ from train.loop import TrainingRun, parallel
 
 def position_accuracy(model: SliceCNN, images: torch.Tensor, positions: torch.Tensor) -> dict[str, float]:
     model.eval()
-    predicted = batched(model, images).argmax(1)
+    predicted = batched(model, images, device=next(model.parameters()).device).argmax(1)
     error = (predicted - positions).abs()
     return {"accuracy": float((error == 0).float().mean()),
             "within_one": float((error <= 1).float().mean())}
@@ -58,7 +58,7 @@ def train_model(args):
     while not run.finished():
         index = run.next_batch()
         run.apply_learning_rate()
-        loss = F.cross_entropy(forward(train.images[index]), train.positions[index])
+        loss = F.cross_entropy(forward(train.images[index].to(run.device)), train.positions[index].to(run.device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

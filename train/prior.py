@@ -37,8 +37,9 @@ def nll_bits(prior: GatedPixelCNN, codes: torch.Tensor, positions: torch.Tensor 
     prior.eval()
     total = 0.0
     for i in range(0, len(codes), batch_size):
-        batch = codes[i:i + batch_size]
-        pos = None if positions is None else positions[i:i + batch_size]
+        device = prior.embedding.weight.device
+        batch = codes[i:i + batch_size].to(device)
+        pos = None if positions is None else positions[i:i + batch_size].to(device)
         total += prior.loss(batch, pos).item() * len(batch)
     return total / len(codes) / math.log(2)
 
@@ -89,6 +90,7 @@ def train_model(args):
         index = run.next_batch()
         codes, positions = train["codes"][index], train["positions"][index].clone()
         positions[torch.rand(len(index)) < args.drop_position] = -1
+        codes, positions = codes.to(run.device), positions.to(run.device)
         run.apply_learning_rate()
         loss = F.cross_entropy(forward(codes, positions), codes)
         optimizer.zero_grad(set_to_none=True)

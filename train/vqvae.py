@@ -60,7 +60,7 @@ def train_model(args):
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     run = TrainingRun(config, model, optimizer, len(train), extra_config=vars(args))
     forward = parallel(model, args.compile)  # after TrainingRun: a resumed model is loaded before DDP copies it
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if args.bf16 else nullcontext
+    autocast = (lambda: torch.autocast(run.device.type, dtype=torch.bfloat16)) if args.bf16 else nullcontext
 
     # A fixed, evenly spread subset keeps periodic evaluation cheap and comparable over time.
     n_eval = len(validate) if args.eval_images <= 0 else min(args.eval_images, len(validate))
@@ -72,7 +72,7 @@ def train_model(args):
 
     model.train()
     while not run.finished():
-        x = train.batch(run.next_batch()).to(memory_format=memory_format)
+        x = train.batch(run.next_batch()).to(run.device, memory_format=memory_format, non_blocking=True)
         run.apply_learning_rate()
         with autocast():
             reconstruction, commit_loss, codes = forward(x)

@@ -104,7 +104,8 @@ def evaluate_reconstructions(model, images: torch.Tensor, batch_size: int = 32,
     rows, counts = [], torch.zeros(model.num_codes, dtype=torch.long)
     for start in tqdm(range(0, len(images), batch_size), disable=not progress, desc="evaluating"):
         x = images[start:start + batch_size].float().div_(255.0)
-        reconstruction, codes = model.reconstruct(x)
+        reconstruction, codes = model.reconstruct(x.to(next(model.parameters()).device))
+        reconstruction, codes = reconstruction.cpu(), codes.cpu()
         counts += torch.bincount(codes.flatten(), minlength=model.num_codes)
         for original, rebuilt in zip(x[:, 0].numpy(), reconstruction[:, 0].float().numpy()):
             rows.append(image_metrics(original, rebuilt))
