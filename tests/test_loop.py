@@ -86,3 +86,13 @@ def test_atomic_save_keeps_old_file_when_writing_fails(tmp_path):
 def test_config_needs_a_budget(tmp_path):
     with pytest.raises(ValueError, match="--minutes and/or --epochs"):
         RunConfig(out=str(tmp_path))
+
+
+def test_training_device_choice(monkeypatch):
+    from train.loop import training_device
+    assert training_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert training_device("auto") == torch.device("cpu")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert training_device("cuda") == torch.device("cuda", 3)  # torchrun: one GPU per process
+    assert training_device("cuda:1") == torch.device("cuda", 1)
