@@ -26,7 +26,7 @@ from vqvae.model import VQVAE  # noqa: E402
 
 def train_step(model, optimizer, x, bf16: bool, forward=None):
     with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext():
-        reconstruction, commit, _ = (forward or model)(x)
+        reconstruction, commit, _ = (model if forward is None else forward)(x)
     reconstruction = reconstruction.float()
     loss = F.mse_loss(reconstruction, x) + (1 - ssim_torch(reconstruction, x).mean()) + commit
     optimizer.zero_grad(set_to_none=True)
