@@ -32,14 +32,23 @@ def pick_codes(logits: torch.Tensor, generator: torch.Generator | None,
                temperature: float = 1.0, top_k: int | None = None) -> torch.Tensor:
     """logits (B, K) -> codes (B,). temperature 0 is greedy; top_k keeps the k likeliest codes.
     Always consumes one (B, K) uniform draw so both samplers stay in step."""
-    uniform = torch.rand(logits.shape, generator=generator, dtype=torch.float64, device=logits.device)
-    logits = logits.double()
-    if top_k is not None and 0 < top_k < logits.shape[1]:
-        kth = logits.topk(top_k, dim=1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+    uniform = torch.rand(logits.shape, generator=generator, dtype=torch.float64)
+    codes = _gumbel_argmax(logits.detach().cpu().numpy(), uniform.numpy(), temperature, top_k)
+    return torch.from_numpy(codes).to(logits.device)
+
+
+def _gumbel_argmax(logits: np.ndarray, uniform: np.ndarray, temperature: float,
+                   top_k: int | None) -> np.ndarray:
+    """The pick itself, from given uniforms: both samplers call it (the cached one with a
+    row's uniforms drawn at once)."""
+    logits = logits.astype(np.float64)
+    num_codes = logits.shape[1]
+    if top_k is not None and 0 < top_k < num_codes:
+        kth = np.partition(logits, num_codes - top_k, axis=1)[:, num_codes - top_k:num_codes - top_k + 1]
+        logits = np.where(logits < kth, -np.inf, logits)
     if temperature <= 0:
         return logits.argmax(1)
-    gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-300)))
+    gumbel = -np.log(-np.log(np.maximum(uniform, 1e-300)))
     return (logits / temperature + gumbel).argmax(1)
 
 
@@ -102,20 +111,6 @@ def iter_rows_cached(prior: GatedPixelCNN, n: int, positions=None, temperature: 
         yield item
 
 
-def _pick_codes_numpy(logits: np.ndarray, uniform: np.ndarray, temperature: float,
-                      top_k: int | None) -> np.ndarray:
-    """``pick_codes`` in NumPy, from the same uniforms (drawn by torch for the whole row)."""
-    logits = logits.astype(np.float64)
-    num_codes = logits.shape[1]
-    if top_k is not None and 0 < top_k < num_codes:
-        kth = np.partition(logits, num_codes - top_k, axis=1)[:, num_codes - top_k:num_codes - top_k + 1]
-        logits = np.where(logits < kth, -np.inf, logits)
-    if temperature <= 0:
-        return logits.argmax(1)
-    gumbel = -np.log(-np.log(np.maximum(uniform, 1e-300)))
-    return (logits / temperature + gumbel).argmax(1)
-
-
 class _HorizontalStep:
     """The per-position work of the cached sampler in NumPy. It is a few (B, 192) x (192, 128)
     products and gates per layer: at this size the cost is call overhead, not arithmetic,
@@ -161,7 +156,7 @@ class _HorizontalStep:
                     h_inputs[l + 1][:, pad + j] = out if self.first[l] else out + h_inputs[l][:, pad + j]
             hidden = np.maximum(skips, 0) @ self.head[0] + self.head[1]
             logits = np.maximum(hidden, 0) @ self.head[2] + self.head[3]
-            codes[:, j] = _pick_codes_numpy(logits, uniforms[j], temperature, top_k)
+            codes[:, j] = _gumbel_argmax(logits, uniforms[j], temperature, top_k)
             h_inputs[0][:, pad + j] = self.embedding[codes[:, j]]
         return codes
 
