@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from vqvae.prior import GatedPixelCNN
@@ -7,13 +8,16 @@ def tiny_prior(**kw):
     torch.manual_seed(0)
     prior = GatedPixelCNN(**{"num_codes": 16, "channels": 8, "layers": 3, "kernel": 5,
                              "num_positions": 4, "grid_size": 8, **kw})
-    for layer in prior.layers:  # the condition starts at zero; make it matter in tests
+    for layer in prior.layers:  # the condition and location biases start at zero; make them matter
         torch.nn.init.normal_(layer.condition.weight, std=0.5)
+        if layer.coordinate is not None:
+            torch.nn.init.normal_(layer.coordinate.weight, std=0.5)
     return prior.double()
 
 
-def test_logits_depend_only_on_earlier_positions():
-    prior = tiny_prior()
+@pytest.mark.parametrize("coordinates", [0, 3])
+def test_logits_depend_only_on_earlier_positions(coordinates):
+    prior = tiny_prior(coordinates=coordinates)
     codes = torch.randint(0, 16, (1, 8, 8))
     base = prior(codes, torch.tensor([1]))
     for i in range(8):
@@ -44,6 +48,18 @@ def test_position_condition_and_no_position():
     assert torch.equal(prior(codes, torch.tensor([-1, -1])), prior(codes, None))
 
 
+def test_location_bias_starts_at_zero_then_depends_on_where_a_code_sits():
+    codes = torch.zeros((1, 8, 8), dtype=torch.long)  # the same code everywhere
+    plain, located = tiny_prior(), tiny_prior(coordinates=3)
+    for layer in located.layers:
+        torch.nn.init.zeros_(layer.coordinate.weight)
+    located.load_state_dict(plain.state_dict(), strict=False)  # what train.prior --init does
+    assert torch.equal(plain(codes), located(codes))
+    located = tiny_prior(coordinates=3)
+    logits = located(codes)[0, :, 4]  # row 4: same code all along it, same left context shape
+    assert not torch.allclose(logits[:, 5], logits[:, 6])
+
+
 def test_loss_decreases_when_training_on_a_pattern():
     prior = GatedPixelCNN(num_codes=4, channels=8, layers=2, kernel=3, num_positions=2, grid_size=6)
     codes = (torch.arange(36).view(1, 6, 6) % 4).repeat(8, 1, 1)  # a fully predictable grid
@@ -57,8 +73,9 @@ def test_loss_decreases_when_training_on_a_pattern():
     assert loss.item() < 0.2 * first
 
 
-def test_save_and_load(tmp_path):
-    prior = tiny_prior().float()
+@pytest.mark.parametrize("coordinates", [0, 3])
+def test_save_and_load(tmp_path, coordinates):
+    prior = tiny_prior(coordinates=coordinates).float()
     prior.save_pretrained(tmp_path)
     loaded = GatedPixelCNN.from_pretrained(tmp_path)
     codes = torch.randint(0, 16, (1, 8, 8))

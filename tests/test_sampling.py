@@ -16,8 +16,9 @@ CASES = {
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_cached_sampler_equals_reference_bit_for_bit(case, dtype):
-    prior = tiny_prior().to(dtype)
+@pytest.mark.parametrize("coordinates", [0, 3])
+def test_cached_sampler_equals_reference_bit_for_bit(case, dtype, coordinates):
+    prior = tiny_prior(coordinates=coordinates).to(dtype)
     kwargs = CASES[case]
     reference = sample_reference(prior, 4, generator=torch.Generator().manual_seed(7), **kwargs)
     cached = sample_cached(prior, 4, generator=torch.Generator().manual_seed(7), **kwargs)

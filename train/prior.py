@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from vqvae.hub import FREQUENCIES
 from vqvae.model import VQVAE
 from vqvae.prior import GatedPixelCNN
-from train.cli import add_run_arguments, load_model, run_config, run_or_fail
+from train.cli import add_run_arguments, fail, load_model, run_config, run_or_fail
 from train.codes import codes_path, extract, load_codes
 from train.loop import TrainingRun, distributed_setup, parallel
 
@@ -44,6 +44,19 @@ def nll_bits(prior: GatedPixelCNN, codes: torch.Tensor, positions: torch.Tensor 
     return total / len(codes) / math.log(2)
 
 
+def start_from(prior: GatedPixelCNN, path: str):
+    """Load a trained prior's weights into ``prior``; only its location map may be missing."""
+    trained = load_model(GatedPixelCNN, path)
+    mine, theirs = prior.state_dict(), trained.state_dict()
+    shapes = [k for k in theirs if k in mine and mine[k].shape != theirs[k].shape]
+    extra = [k for k in theirs if k not in mine]
+    if shapes or extra or trained.num_codes != prior.num_codes:
+        fail(f"--init {path}: that prior's architecture differs from this one "
+             f"({', '.join((shapes + extra)[:3]) or 'num_codes'}); give the same --channels, --layers and --kernel")
+    missing = prior.load_state_dict(theirs, strict=False).missing_keys
+    assert all("coordinate" in k for k in missing), missing
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vqvae", required=True, help="trained VQ-VAE model directory")
@@ -52,6 +65,10 @@ def parse_args(argv=None):
     parser.add_argument("--channels", type=int, default=64)
     parser.add_argument("--layers", type=int, default=10)
     parser.add_argument("--kernel", type=int, default=5)
+    parser.add_argument("--coordinates", type=int, default=32,
+                        help="channels of the learned location map the gates see (0 = none; see vqvae/prior.py)")
+    parser.add_argument("--init", help="start from this trained prior's weights (same channels, layers and "
+                                       "kernel); a location map it lacks starts at zero")
     parser.add_argument("--drop-position", type=float, default=0.1,
                         help="train this fraction without the slice position, for unconditional sampling")
     parser.add_argument("--limit", type=int, help="read only the first N images of each split")
@@ -74,9 +91,11 @@ def train_model(args):
     train, validate = (load_codes(codes_path(args.out, s)) for s in ("train", "validate"))
     grid = train["codes"].shape[-1]
     prior = GatedPixelCNN(num_codes=vqvae.num_codes, channels=args.channels, layers=args.layers,
-                          kernel=args.kernel, grid_size=grid)
+                          kernel=args.kernel, grid_size=grid, coordinates=args.coordinates)
     optimizer = torch.optim.Adam(prior.parameters(), lr=args.lr)
     run = TrainingRun(config, prior, optimizer, len(train["codes"]), extra_config=vars(args))
+    if args.init and run.step == 0:  # not when resuming: the checkpoint already has it
+        start_from(prior, args.init)
     forward = parallel(prior, args.compile)
     baselines = {"uniform_bits": math.log2(vqvae.num_codes),
                  "unigram_bits": unigram_bits(validate["codes"], vqvae.num_codes)}

@@ -12,6 +12,14 @@ layer adds a skip output that feeds the head. The slice position k (0..31) enter
 bias on every gate; index ``num_positions`` means "no position" (trained by dropping the
 condition at random), which gives unconditional samples.
 
+With ``coordinates`` > 0 the gates also get a location-dependent bias: the paper's spatial
+conditioning (section 2.3, a map s = m(h) added to the gates through 1x1 convolutions), with a
+learned map that is the same for every slice. OASIS slices are registered to one atlas, so where
+a code sits says much about what it should be; without it the prior, whose receptive field spans
+about 2 x layers columns, cannot tell where the head it has begun should close, and samples run
+into the right edge. Each layer's projection starts at zero, so a prior trained without the map
+is the exact starting point of one trained with it (``train.prior --init``).
+
 Convolutions take no padding of their own: the padding is explicit (``_pad_vertical``,
 ``_pad_horizontal``) so that the cached sampler in ``vqvae/sampling.py`` can apply exactly the
 same weights to a few rows or a single position.
@@ -30,7 +38,7 @@ def gate(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
 
 
 class GatedLayer(nn.Module):
-    def __init__(self, channels: int, kernel: int, num_conditions: int, first: bool):
+    def __init__(self, channels: int, kernel: int, num_conditions: int, first: bool, coordinates: int = 0):
         super().__init__()
         self.first, self.channels = first, channels
         self.v_height, self.v_width, self.h_width = kernel // 2 + 1, kernel, kernel // 2 + 1
@@ -41,6 +49,15 @@ class GatedLayer(nn.Module):
         self.skip = nn.Conv2d(channels, channels, 1)
         self.condition = nn.Embedding(num_conditions, 4 * channels)  # gate biases: v then h
         nn.init.zeros_(self.condition.weight)
+        self.coordinate = nn.Conv2d(coordinates, 4 * channels, 1, bias=False) if coordinates else None
+        if self.coordinate is not None:
+            nn.init.zeros_(self.coordinate.weight)
+
+    def location_bias(self, coordinate_map: torch.Tensor | None):
+        """The gate biases that depend only on where a code sits: (2C, H, W) for v and for h, or 0s."""
+        if self.coordinate is None:
+            return 0, 0
+        return self.coordinate(coordinate_map[None])[0].chunk(2, dim=0)
 
     def _pad_vertical(self, v):
         return F.pad(v, (self.v_width // 2, self.v_width // 2, self.v_height - 1, 0))
@@ -50,9 +67,11 @@ class GatedLayer(nn.Module):
             return F.pad(h, (self.h_width, 0))[..., :-1]
         return F.pad(h, (self.h_width - 1, 0))
 
-    def forward(self, v, h, condition):
+    def forward(self, v, h, condition, coordinate_map=None):
         """v, h: (B, C, H, W); condition: (B,) indices -> (v, h, skip)."""
         bias_v, bias_h = self.condition(condition)[:, :, None, None].chunk(2, dim=1)
+        where_v, where_h = self.location_bias(coordinate_map)
+        bias_v, bias_h = bias_v + where_v, bias_h + where_h
         v_pre = self.v_conv(self._pad_vertical(v))
         v_from_above = F.pad(v_pre, (0, 0, 1, 0))[:, :, :-1]  # row i gets row i-1
         h_gated = gate(self.h_conv(self._pad_horizontal(h)) + self.v_to_h(v_from_above) + bias_h)
@@ -63,13 +82,15 @@ class GatedLayer(nn.Module):
 class GatedPixelCNN(nn.Module, PyTorchModelHubMixin, library_name="brainvq",
                     tags=["pixelcnn", "brain-mri", "oasis"], license="mit"):
     def __init__(self, num_codes: int = 512, channels: int = 64, layers: int = 10,
-                 kernel: int = 5, num_positions: int = 32, grid_size: int = 32):
+                 kernel: int = 5, num_positions: int = 32, grid_size: int = 32, coordinates: int = 0):
         super().__init__()
         self.num_codes, self.num_positions, self.grid_size = num_codes, num_positions, grid_size
         self.no_position = num_positions  # the extra condition index: unconditional
         self.embedding = nn.Embedding(num_codes, channels)
-        self.layers = nn.ModuleList(GatedLayer(channels, kernel, num_positions + 1, first=(i == 0))
-                                    for i in range(layers))
+        self.layers = nn.ModuleList(GatedLayer(channels, kernel, num_positions + 1, first=(i == 0),
+                                               coordinates=coordinates) for i in range(layers))
+        # Random, not zero: the layers' projections start at zero, and one of the two must not.
+        self.coordinate_map = nn.Parameter(torch.randn(coordinates, grid_size, grid_size)) if coordinates else None
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, 1), nn.ReLU(),
                                   nn.Conv2d(channels, num_codes, 1))
 
@@ -88,7 +109,7 @@ class GatedPixelCNN(nn.Module, PyTorchModelHubMixin, library_name="brainvq",
         x = self.embedding(codes).permute(0, 3, 1, 2)
         v, h, skips = x, x, 0
         for layer in self.layers:
-            v, h, skip = layer(v, h, condition)
+            v, h, skip = layer(v, h, condition, self.coordinate_map)
             skips = skips + skip
         return self.head(skips)
 

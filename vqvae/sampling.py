@@ -178,6 +178,13 @@ def _iter_rows_cached(prior, n, positions, temperature, top_k, generator, initia
     h_inputs = [np.zeros((n, size + pad, channels), dtype=step.embedding.dtype) for _ in range(len(layers))]
     v_from_above = [None] * len(layers)
     biases = [layer.condition(condition).chunk(2, dim=1) for layer in layers]
+    where = [layer.location_bias(prior.coordinate_map) for layer in layers]  # (2C, H, W) v, h or 0s
+
+    def where_h(l, row):  # the horizontal gates' location bias along one row: (W, 2C) or 0
+        return where[l][1][:, row].t() if torch.is_tensor(where[l][1]) else 0
+
+    def where_v(l, row):  # the vertical gates' along one row: (2C, W) or 0
+        return where[l][0][:, row] if torch.is_tensor(where[l][0]) else 0
 
     def embed_row(i):
         v_inputs[0][:, :, i] = prior.embedding(codes[:, i]).transpose(1, 2)
@@ -193,13 +200,14 @@ def _iter_rows_cached(prior, n, positions, temperature, top_k, generator, initia
             # per-row constants (the conv bias, the condition) are folded in here once.
             v_to_h = layer.v_to_h.weight[:, :, 0, 0]
             v_from_above[l] = (torch.einsum("oc,bcw->bwo", v_to_h, v_pre) + layer.v_to_h.bias
-                               + (layer.h_conv.bias + biases[l][1])[:, None]).cpu().numpy()
+                               + (layer.h_conv.bias + biases[l][1])[:, None]
+                               + where_h(l, row + 1)).cpu().numpy()
             if l + 1 < len(layers):
-                v_inputs[l + 1][:, :, row] = gate(v_pre + biases[l][0][:, :, None])
+                v_inputs[l + 1][:, :, row] = gate(v_pre + biases[l][0][:, :, None] + where_v(l, row))
 
     for l, layer in enumerate(layers):  # row 0 sees nothing above: v_to_h of zeros is its bias
-        constant = layer.v_to_h.bias + layer.h_conv.bias + biases[l][1]
-        v_from_above[l] = constant[:, None].expand(n, size, -1).cpu().numpy()
+        constant = (layer.v_to_h.bias + layer.h_conv.bias + biases[l][1])[:, None] + where_h(l, 0)
+        v_from_above[l] = constant.expand(n, size, -1).cpu().numpy()
     for i in range(size):
         if i > 0:
             advance_vertical(i - 1)
