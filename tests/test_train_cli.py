@@ -1,15 +1,19 @@
 """The train/ entry points end to end on small synthetic data, with tiny models."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from train import codes as codes_cli
 from train import evaluate, prior, reconstruct, sample, vqvae
+from vqvae.model import VQVAE
+from vqvae.prior import GatedPixelCNN
 
 TINY_VQVAE = ["--codes", "16", "--code-dim", "8", "--base-channels", "4", "--hidden-channels", "8",
               "--batch-size", "4", "--no-progress", "--threads", "1"]
@@ -33,6 +37,47 @@ def test_vqvae_run_directory(trained):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     final = [r for r in records if r["kind"] == "eval"][-1]
     assert 0 <= final["usage"] <= 1 and -1 <= final["ssim"] <= 1
+
+
+def test_decoder_only_fine_tune_keeps_the_codes(trained, oasis_like, tmp_path):
+    start = VQVAE.from_pretrained(trained / "vqvae" / "model")
+    vqvae.main(["--data", str(oasis_like), "--out", str(tmp_path / "decoder"), "--epochs", "1",
+                "--init", str(trained / "vqvae" / "model"), "--decoder-only", "--refine-blocks", "1",
+                *TINY_VQVAE])
+    tuned = VQVAE.from_pretrained(tmp_path / "decoder" / "model")
+    assert len(tuned.decoder.refine) > 0
+    images = torch.rand(3, 1, 32, 32)
+    assert torch.equal(start.encode(images), tuned.encode(images))  # a prior on these codes stays valid
+    assert torch.equal(start.quantizer.codebook, tuned.quantizer.codebook)
+    refined = [p for name, p in tuned.named_parameters() if ".refine." in name]
+    assert any(p.abs().sum() > 0 for p in refined)  # the identity start was trained away from
+    assert not torch.equal(start.decoder.net[0].weight, tuned.decoder.net[0].weight)
+
+
+def test_decoder_only_needs_a_trained_model(oasis_like, tmp_path):
+    with pytest.raises(SystemExit, match="--decoder-only needs --init"):
+        vqvae.main(["--data", str(oasis_like), "--out", str(tmp_path / "d"), "--epochs", "1", "--decoder-only",
+                    *TINY_VQVAE])
+
+
+def test_prior_init_from_a_prior_without_location_map(trained, oasis_like, tmp_path):
+    def train_prior(run, *extra):
+        run.mkdir(exist_ok=True)
+        for split in ("train", "validate"):  # reuse the codes (with --resume they are not re-extracted)
+            shutil.copy(trained / "prior" / f"codes_{split}.npz", run)
+        prior.main(["--vqvae", str(trained / "vqvae" / "model"), "--data", str(oasis_like), "--out", str(run),
+                    "--epochs", "0.01", "--resume", *TINY_PRIOR, *extra])
+        return run / "model"
+
+    plain = train_prior(tmp_path / "plain", "--coordinates", "0")
+    tuned_dir = train_prior(tmp_path / "located", "--init", str(plain), "--coordinates", "4")
+    start, tuned = GatedPixelCNN.from_pretrained(plain), GatedPixelCNN.from_pretrained(tuned_dir)
+    assert start.coordinate_map is None and tuned.coordinate_map.shape == (4, 32, 32)  # the code grid
+    # one training step from the start's weights: they moved, but only a little
+    assert not torch.equal(tuned.embedding.weight, start.embedding.weight)
+    assert torch.allclose(tuned.embedding.weight, start.embedding.weight, atol=0.05)
+    with pytest.raises(SystemExit, match="architecture differs"):
+        train_prior(tmp_path / "wider", "--init", str(plain), "--channels", "16")
 
 
 def test_vqvae_resume_continues_from_checkpoint(trained, oasis_like, capsys):

@@ -57,19 +57,37 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, out_channels, downsample, base, hidden, res_blocks, res_hidden, code_dim):
+    """Mirror of the encoder. ``refine_blocks`` adds residual blocks after each inner upsampling
+    stage, where the thin high-resolution layers otherwise draw fine detail with one transposed
+    convolution each. They are kept apart from ``net`` (whose weight names stay those of a
+    decoder without them) and start as the identity, so a trained decoder can take them on and
+    be fine-tuned from exactly where it was (``train.vqvae --init --decoder-only``)."""
+
+    def __init__(self, out_channels, downsample, base, hidden, res_blocks, res_hidden, code_dim,
+                 refine_blocks: int = 0):
         super().__init__()
         layers = [nn.Conv2d(code_dim, hidden, 3, padding=1)]
         layers += [ResidualBlock(hidden, res_hidden) for _ in range(res_blocks)]
         widths = stage_widths(downsample, base, hidden)[::-1][1:] + [out_channels]
-        previous = hidden
-        for width in widths:
+        previous, self.refine = hidden, nn.ModuleDict()
+        for k, width in enumerate(widths):
             layers += [nn.ReLU(), nn.ConvTranspose2d(previous, width, 4, stride=2, padding=1)]
+            if refine_blocks and k + 1 < len(widths):  # keyed by the net index they follow
+                self.refine[str(len(layers) - 1)] = nn.Sequential(
+                    *(ResidualBlock(width, width) for _ in range(refine_blocks)))
             previous = width
         self.net = nn.Sequential(*layers)
+        for block in self.refine.modules():
+            if isinstance(block, ResidualBlock):
+                nn.init.zeros_(block.block[-1].weight)
+                nn.init.zeros_(block.block[-1].bias)
 
     def forward(self, z):
-        return self.net(z)
+        for index, layer in enumerate(self.net):
+            z = layer(z)
+            if str(index) in self.refine:
+                z = self.refine[str(index)](z)
+        return z
 
 
 class VQVAE(nn.Module, PyTorchModelHubMixin, library_name="brainvq",
@@ -79,14 +97,14 @@ class VQVAE(nn.Module, PyTorchModelHubMixin, library_name="brainvq",
     def __init__(self, downsample: int = 8, num_codes: int = 512, code_dim: int = 64,
                  base_channels: int = 16, hidden_channels: int = 64, res_blocks: int = 2,
                  res_hidden: int = 64, in_channels: int = 1, ema_decay: float = 0.99,
-                 commitment: float = 0.25, dead_threshold: float = 1.0):
+                 commitment: float = 0.25, dead_threshold: float = 1.0, refine_blocks: int = 0):
         super().__init__()
         self.downsample, self.num_codes = downsample, num_codes
         shape = (downsample, base_channels, hidden_channels, res_blocks, res_hidden, code_dim)
         self.encoder = Encoder(in_channels, *shape)
         self.quantizer = VectorQuantizer(num_codes, code_dim, decay=ema_decay,
                                          commitment=commitment, dead_threshold=dead_threshold)
-        self.decoder = Decoder(in_channels, *shape)
+        self.decoder = Decoder(in_channels, *shape, refine_blocks=refine_blocks)
 
     @property
     def bits_per_pixel(self) -> float:
