@@ -53,3 +53,13 @@ def test_save_and_load_hub_layout_roundtrip(tmp_path):
     model.eval()
     assert torch.equal(loaded.encode(x), model.encode(x))
     assert torch.equal(loaded.quantizer.codebook, model.quantizer.codebook)
+
+
+def test_refinement_blocks_start_as_the_identity_and_keep_weight_names():
+    plain, refined = tiny(), tiny(refine_blocks=2)
+    assert set(plain.state_dict()) <= set(refined.state_dict())  # a plain decoder's names all stay
+    refined.load_state_dict(plain.state_dict(), strict=False)
+    x = torch.rand(2, 1, 32, 32)
+    assert torch.equal(plain.reconstruct(x)[0], refined.reconstruct(x)[0])
+    upsamplings = sum(isinstance(layer, torch.nn.ConvTranspose2d) for layer in refined.decoder.net)
+    assert len(refined.decoder.refine) == upsamplings - 1  # all but the output stage
