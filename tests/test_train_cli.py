@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from train import codes as codes_cli
-from train import evaluate, prior, reconstruct, sample, vqvae
+from train import evaluate, prior, push_to_hub, reconstruct, sample, vqvae
 from vqvae.model import VQVAE
 from vqvae.prior import GatedPixelCNN
 
@@ -167,7 +167,6 @@ def test_unreadable_image_is_named(trained, tmp_path):
 
 
 def test_push_to_hub_packages_a_loadable_folder_with_a_model_card(trained, tmp_path):
-    from train import push_to_hub
     from vqvae.hub import load_models
     out = tmp_path / "weights"
     push_to_hub.main(["--vqvae", str(trained / "vqvae" / "model"), "--prior", str(trained / "prior" / "model"),
@@ -197,7 +196,6 @@ def test_position_net_and_generation_metrics_end_to_end(trained, oasis_like, cap
     assert report["images"] == 6 and report["uniform_bits"] == 4.0
     assert 0 <= report["two_sample_accuracy"] <= 1 and report["frechet"] >= 0
     assert (trained / "generation" / "samples.png").is_file()
-    from train import push_to_hub
     push_to_hub.main(["--vqvae", str(trained / "vqvae" / "model"), "--prior", str(trained / "prior" / "model"),
                       "--generation", str(trained / "generation" / "report.json"),
                       "--features", str(trained / "position" / "model"), "--out", str(trained / "card")])
@@ -216,3 +214,15 @@ def test_rd_table_trains_each_factor_and_reuses_a_given_model(trained, oasis_lik
     assert rows[0]["bits_per_pixel"] == pytest.approx(4 / 16) and rows[1]["minutes"] == "given"
     assert (tmp_path / "f4" / "model" / "model.safetensors").is_file()
     assert "| 4 | 64x64 |" in capsys.readouterr().out
+
+
+def test_model_card_follows_init_back_to_the_first_run(tmp_path):
+    first, second = tmp_path / "vqvae", tmp_path / "decoder"
+    for run, config in ((first, {"minutes": 30, "batch_size": 16, "lr": 0.002, "seed": 0}),
+                        (second, {"minutes": 20, "batch_size": 16, "lr": 0.001, "seed": 0,
+                                  "init": str(first / "model"), "decoder_only": True})):
+        (run / "model").mkdir(parents=True)
+        (run / "run_config.json").write_text(json.dumps(config))
+    stages = push_to_hub.training_stages(json.loads((second / "run_config.json").read_text()))
+    assert stages == ["30 minutes, batch 16, lr 0.002, seed 0",
+                      "20 minutes of the decoder only, batch 16, lr 0.001, seed 0"]

@@ -42,6 +42,18 @@ def run_summary(model_dir: Path) -> dict:
     return summary
 
 
+def training_stages(config: dict) -> list[str]:
+    """One line per stage, oldest first, following --init back to the run it started from."""
+    budget = f"{config['minutes']} minutes" if config.get("minutes") else f"{config.get('epochs')} epochs"
+    stage = (f"{budget}{' of the decoder only' if config.get('decoder_only') else ''}, "
+             f"batch {config.get('batch_size')}, lr {config.get('lr')}, seed {config.get('seed')}")
+    started = config.get("init")
+    if not started:
+        return [stage]
+    earlier = run_summary(Path(started)).get("config")
+    return (training_stages(earlier) if earlier else [f"the weights of {started}"]) + [stage]
+
+
 def model_card(vqvae: dict, prior: dict, machine: str, generation: dict | None = None) -> str:
     validate = vqvae.get("validate", vqvae.get("last_eval", {}))
     prior_eval = prior.get("last_eval", {})
@@ -62,10 +74,7 @@ def model_card(vqvae: dict, prior: dict, machine: str, generation: dict | None =
              "Load with `VQVAE.from_pretrained` / `GatedPixelCNN.from_pretrained` from the brainvq package.", "",
              "## Training", "", f"Trained on the OASIS train split (9664 slices) on {machine}.", ""]
     for title, summary in (("VQ-VAE", vqvae), ("Prior", prior)):
-        config = summary.get("config", {})
-        budget = (f"{config['minutes']} minutes" if config.get("minutes") else f"{config.get('epochs')} epochs")
-        lines.append(f"- {title}: budget {budget}, batch {config.get('batch_size')}, lr {config.get('lr')}, "
-                     f"seed {config.get('seed')}")
+        lines.append(f"- {title}: " + "; then ".join(training_stages(summary.get("config", {}))))
     lines += ["", "## Validate metrics", "", "| metric | value |", "| --- | --- |"]
     for key, value in {**validate, **{f"prior_{k}": v for k, v in prior_eval.items()}}.items():
         if isinstance(value, float):
