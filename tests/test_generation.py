@@ -85,3 +85,19 @@ def test_generation_report_keys_and_ranges():
     assert 0 <= report["two_sample_accuracy"] <= 1
     assert 0 <= report["samples_above_p99"] <= 12
     assert report["nearest_train_ssim_max"] <= 1 + 1e-6
+    assert "two_sample_accuracy_reconstructions" not in report
+
+
+def test_reconstructions_give_a_perfect_priors_floor():
+    torch.manual_seed(0)
+    validate, train, samples = slices(40, seed=7, size=128), slices(30, seed=6, size=128), slices(12, seed=5, size=128)
+    net = SliceCNN(num_classes=4, width=8, feature_dim=8)
+    exact = generation_report(samples, train, validate, net, classifier_steps=2, pairs=8,
+                              reconstructions=validate.clone())
+    assert abs(exact["frechet_reconstructions"]) < 1e-3  # identical images: no distance
+    checker = (torch.arange(128)[:, None] + torch.arange(128)) % 2 * 40  # a decoder's tell-tale pattern
+    marked = (validate.int() + checker).clamp(0, 255).to(torch.uint8)
+    told = generation_report(samples, train, validate, net, classifier_steps=100, pairs=8,
+                             reconstructions=marked)
+    assert told["frechet_reconstructions"] > exact["frechet_reconstructions"]
+    assert told["two_sample_accuracy_reconstructions"] > 0.9

@@ -195,12 +195,14 @@ def test_position_net_and_generation_metrics_end_to_end(trained, oasis_like, cap
     report = json.loads(capsys.readouterr().out)
     assert report["images"] == 6 and report["uniform_bits"] == 4.0
     assert 0 <= report["two_sample_accuracy"] <= 1 and report["frechet"] >= 0
+    assert 0 <= report["two_sample_accuracy_reconstructions"] <= 1
     assert (trained / "generation" / "samples.png").is_file()
     push_to_hub.main(["--vqvae", str(trained / "vqvae" / "model"), "--prior", str(trained / "prior" / "model"),
                       "--generation", str(trained / "generation" / "report.json"),
                       "--features", str(trained / "position" / "model"), "--out", str(trained / "card")])
     card = (trained / "card" / "README.md").read_text()
     assert "## Generation metrics (6 samples" in card and "classifier two-sample accuracy" in card
+    assert "two-sample accuracy of validate reconstructions" in card
     assert (trained / "card" / "position_net" / "model.safetensors").is_file()
 
 

@@ -136,9 +136,11 @@ def two_sample_accuracy(first: torch.Tensor, second: torch.Tensor, steps: int = 
 
 def generation_report(samples: torch.Tensor, train: torch.Tensor, validate: torch.Tensor,
                       feature_net: SliceCNN, seed: int = 0, classifier_steps: int = 300,
-                      pairs: int = 500) -> dict:
+                      pairs: int = 500, reconstructions: torch.Tensor | None = None) -> dict:
     """Every image metric for ``samples`` beside its real-vs-real reference. ``train`` and
-    ``validate`` are uint8 image sets; the references use as many real images as samples."""
+    ``validate`` are uint8 image sets; the references use as many real images as samples.
+    ``reconstructions`` (the VQ-VAE's own of validate) add what a perfect prior would score:
+    samples are decoded, so the decoder's look alone can give them away."""
     n = len(samples)
     generator = torch.Generator().manual_seed(seed)
     train_subset = train[torch.randperm(len(train), generator=generator)[:n]]
@@ -149,7 +151,14 @@ def generation_report(samples: torch.Tensor, train: torch.Tensor, validate: torc
     validate_nearest = nearest_ssim(validate_subset, train)
     sample_nearest = nearest_ssim(samples, train)
     threshold = float(torch.quantile(validate_nearest, 0.99))
+    ceiling = {}
+    if reconstructions is not None:
+        ceiling = {"frechet_reconstructions": frechet_distance(batched(feature_net.features, reconstructions),
+                                                               features["validate"]),
+                   "two_sample_accuracy_reconstructions": two_sample_accuracy(
+                       reconstructions, validate_subset, classifier_steps, seed)}
     return {
+        **ceiling,
         "images": n,
         "frechet": frechet_distance(features["samples"], features["validate"]),
         "frechet_reference": frechet_distance(features["train"], features["validate"]),
