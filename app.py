@@ -131,7 +131,7 @@ def build(models: demo.Models) -> gr.Blocks:
         with gr.Tab("Sampling"):
             with gr.Row():
                 n = gr.Slider(1, 16, value=4, step=1, label="Number of samples")
-                temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature (lower: smoother, less varied)")
+                temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature (lower: smoother, less varied)")
                 top_k = gr.Number(value=0, precision=0, minimum=0, label="Top-k (0 = off)")
                 seed = gr.Number(value=0, precision=0, label="Seed")
                 position = gr.Dropdown(POSITIONS, value="any", label="Slice position k")
