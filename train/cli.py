@@ -65,3 +65,15 @@ def load_model(cls, path: str):
         return from_pretrained(cls, folder)
     except Exception as error:  # corrupt or mismatched weights
         fail(f"cannot load {cls.__name__} from {path}: {error}")
+
+
+def start_from(model, path: str, new: str, hint: str = ""):
+    """``--init``: load a trained model's weights into ``model``, of the same class. Only
+    parameters whose names contain ``new`` may be missing from it (parts the trained model did
+    not have; they keep their own start). Any other difference is a one-line error."""
+    mine, theirs = model.state_dict(), load_model(type(model), path).state_dict()
+    differ = [k for k in theirs if k not in mine or mine[k].shape != theirs[k].shape]
+    differ += [k for k in mine if k not in theirs and new not in k]
+    if differ:
+        fail(f"--init {path}: that model's architecture differs from this one ({', '.join(differ[:3])}){hint}")
+    model.load_state_dict(theirs, strict=False)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from vqvae.hub import FREQUENCIES
 from vqvae.model import VQVAE
 from vqvae.prior import GatedPixelCNN
-from train.cli import add_run_arguments, fail, load_model, run_config, run_or_fail
+from train.cli import add_run_arguments, load_model, run_config, run_or_fail, start_from
 from train.codes import codes_path, extract, load_codes
 from train.loop import TrainingRun, distributed_setup, parallel
 
@@ -42,19 +42,6 @@ def nll_bits(prior: GatedPixelCNN, codes: torch.Tensor, positions: torch.Tensor 
         pos = None if positions is None else positions[i:i + batch_size].to(device)
         total += prior.loss(batch, pos).item() * len(batch)
     return total / len(codes) / math.log(2)
-
-
-def start_from(prior: GatedPixelCNN, path: str):
-    """Load a trained prior's weights into ``prior``; only its location map may be missing."""
-    trained = load_model(GatedPixelCNN, path)
-    mine, theirs = prior.state_dict(), trained.state_dict()
-    shapes = [k for k in theirs if k in mine and mine[k].shape != theirs[k].shape]
-    extra = [k for k in theirs if k not in mine]
-    if shapes or extra or trained.num_codes != prior.num_codes:
-        fail(f"--init {path}: that prior's architecture differs from this one "
-             f"({', '.join((shapes + extra)[:3]) or 'num_codes'}); give the same --channels, --layers and --kernel")
-    missing = prior.load_state_dict(theirs, strict=False).missing_keys
-    assert all("coordinate" in k for k in missing), missing
 
 
 def parse_args(argv=None):
@@ -95,7 +82,7 @@ def train_model(args):
     optimizer = torch.optim.Adam(prior.parameters(), lr=args.lr)
     run = TrainingRun(config, prior, optimizer, len(train["codes"]), extra_config=vars(args))
     if args.init and run.step == 0:  # not when resuming: the checkpoint already has it
-        start_from(prior, args.init)
+        start_from(prior, args.init, new="coordinate", hint="; give the same --channels, --layers and --kernel")
     forward = parallel(prior, args.compile)
     baselines = {"uniform_bits": math.log2(vqvae.num_codes),
                  "unigram_bits": unigram_bits(validate["codes"], vqvae.num_codes)}

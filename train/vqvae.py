@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from vqvae.data import load_split
 from vqvae.metrics import evaluate_reconstructions, ssim_torch
 from vqvae.model import VQVAE
-from train.cli import add_run_arguments, fail, load_model, run_config, run_or_fail
+from train.cli import add_run_arguments, fail, load_model, run_config, run_or_fail, start_from
 from train.loop import TrainingRun, parallel
 
 
@@ -69,12 +69,6 @@ def build_model(args) -> VQVAE:
     return VQVAE(**{**config, "refine_blocks": max(args.refine_blocks, config.get("refine_blocks", 0))})
 
 
-def start_from(model: VQVAE, path: str):
-    """Load a trained VQ-VAE's weights; only refinement blocks may be missing (they start as identity)."""
-    missing = model.load_state_dict(load_model(VQVAE, path).state_dict(), strict=False).missing_keys
-    assert all(".refine." in key for key in missing), missing
-
-
 def main(argv=None):
     run_or_fail(train_model, parse_args(argv))
 
@@ -94,7 +88,7 @@ def train_model(args):
     optimizer = torch.optim.Adam(trained.parameters(), lr=args.lr)
     run = TrainingRun(config, model, optimizer, len(train), extra_config=vars(args))
     if args.init and run.step == 0:  # not when resuming: the checkpoint already has it
-        start_from(model, args.init)
+        start_from(model, args.init, new=".refine.")
     # after TrainingRun: a resumed model is loaded before DDP copies it
     forward = parallel(trained, args.compile)
     autocast = (lambda: torch.autocast(run.device.type, dtype=torch.bfloat16)) if args.bf16 else nullcontext
