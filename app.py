@@ -21,11 +21,14 @@ import pandas as pd
 from PIL import Image
 
 from vqvae import demo
-from vqvae.demo import InputError
-from vqvae.hub import load_models
+from vqvae.hub import Models, load_models
+from vqvae.upload import MAX_UPLOAD_BYTES, InputError, read_upload
 
-EXAMPLES = sorted(str(p) for p in (Path(__file__).parent / "assets" / "examples").glob("*.png"))
-POSITIONS = ["any"] + [str(k) for k in range(32)]
+ASSETS = Path(__file__).resolve().parent / "assets"
+BUNDLED = ASSETS / "models"  # the weights that ship with the app
+EXAMPLES = sorted(str(p) for p in (ASSETS / "examples").glob("*.png"))
+# Gradio keeps every upload and output in its cache: every hour, delete files older than an hour.
+DELETE_CACHE = (3600, 3600)
 
 
 def shown(array: np.ndarray) -> Image.Image:
@@ -60,13 +63,18 @@ def user_errors_stream(fn):
     return wrapper
 
 
-def build(models: demo.Models) -> gr.Blocks:
-    vqvae = models.vqvae
+def build(models: Models) -> gr.Blocks:
+    vqvae, prior = models.vqvae, models.prior
+    grid = prior.grid_size
+    positions = ["any"] + [str(k) for k in range(prior.num_positions)]
+    colours = demo.code_colours(vqvae)
 
     @user_errors
     def reconstruct(file, slice_index=None):
         """Upload -> input, reconstruction, error map, metrics; also fills the codebook tab."""
-        image, note, count, index = demo.read_upload(file, None if slice_index is None else int(slice_index))
+        if slice_index is not None:
+            slice_index = demo.whole_number(slice_index, "NIfTI slice", 0, 10**6)
+        image, note, count, index = read_upload(file, slice_index)
         result = demo.reconstruct_slice(vqvae, image)
         m = result["metrics"]
         brain = "n/a (no brain pixels)" if np.isnan(m["ssim_brain"]) else f"{m['ssim_brain']:.4f}"
@@ -74,33 +82,51 @@ def build(models: demo.Models) -> gr.Blocks:
                    f"**PSNR** {m['psnr']:.2f} dB  \nInput: {note}")
         slider = gr.Slider(maximum=max(count - 1, 1), visible=count > 1, value=index)
         usage = pd.DataFrame(demo.code_usage(result["codes"], models.code_frequencies))
+        code = demo.most_used_code(result["codes"])  # code 0 usually does not occur in the slice
         return (shown(image), shown(result["reconstruction"]), shown(result["error"]), summary, slider,
-                image, result["codes"], shown(demo.code_map(result["codes"], vqvae.num_codes)), usage)
+                image, result["codes"], *code_view(image, result["codes"], 1.0), usage, code,
+                *show_code(image, result["codes"], code))
+
+    def code_view(image, codes, opacity):
+        return (shown(demo.code_map(np.asarray(codes), colours, image, float(opacity))),)
+
+    @user_errors
+    def redraw_map(image, codes, opacity):
+        if image is None or codes is None:
+            raise InputError("reconstruct a slice first")
+        return code_view(image, codes, opacity)
 
     @user_errors
     def show_code(image, codes, code):
         if image is None or codes is None:
             raise InputError("reconstruct a slice first")
-        code = int(code)
-        return shown(demo.highlight_code(image, np.asarray(codes), code)), shown(demo.decode_code(vqvae, code))
+        code = demo.whole_number(code, "code", 0, vqvae.num_codes - 1)
+        return shown(demo.highlight_code(image, np.asarray(codes), code)), shown(demo.decode_code(vqvae, code, grid))
+
+    @user_errors
+    def pick_code(image, codes, event: gr.SelectData):
+        """A click on the code map picks the code under the cursor."""
+        if image is None or codes is None:
+            raise InputError("reconstruct a slice first")
+        code = demo.code_at(np.asarray(codes), *event.index[:2], size=image.shape[0])
+        return code, *show_code(image, codes, code)
 
     @user_errors_stream
     def sample(n, temperature, top_k, seed, position):
-        position = None if position in (None, "any") else int(position)
-        for images, rows, total in demo.sample_stream(models, int(n), float(temperature), int(top_k),
-                                                      int(seed), position):
+        position = None if position in (None, "any") else position
+        for images, rows, total in demo.sample_stream(models, n, temperature, top_k, seed, position):
             yield [shown(image) for image in images], f"{rows}/{total} rows sampled"
 
     @user_errors_stream
     def complete(codes, keep_rows, temperature, top_k, seed):
         if codes is None:
             raise InputError("reconstruct a slice first: completion starts from its codes")
-        for images, rows, total in demo.sample_stream(models, 4, float(temperature), int(top_k), int(seed),
-                                                      initial=np.asarray(codes), keep_rows=int(keep_rows)):
-            yield [shown(image) for image in images], f"{rows}/{total} rows ({int(keep_rows)} kept from the slice)"
+        for images, rows, total in demo.sample_stream(models, 4, temperature, top_k, seed,
+                                                      initial=np.asarray(codes), keep_rows=keep_rows):
+            yield [shown(image) for image in images], f"{rows}/{total} rows ({keep_rows} kept from the slice)"
 
-    with gr.Blocks(title="brainvq") as app:
-        gr.Markdown("# brainvq\nA VQ-VAE codes each 256x256 brain MRI slice as a 32x32 grid of "
+    with gr.Blocks(title="brainvq", delete_cache=DELETE_CACHE) as app:
+        gr.Markdown(f"# brainvq\nA VQ-VAE codes each 256x256 brain MRI slice as a {grid}x{grid} grid of "
                     f"{vqvae.num_codes} codebook entries; a gated PixelCNN prior samples new grids. "
                     f"Weights: {models.source}.")
         current_image, current_codes = gr.State(None), gr.State(None)
@@ -119,10 +145,12 @@ def build(models: demo.Models) -> gr.Blocks:
                                   "and resized to 256x256; the note below the metrics says what was done.")
         with gr.Tab("Codebook map"):
             with gr.Row():
-                code_image = gr.Image(label="Code grid (one colour per code)", format="png", interactive=False)
+                code_image = gr.Image(label="Code grid: brightness = what a code decodes to, hue = which code; "
+                                            "click a cell to pick its code", format="png", interactive=False)
                 usage_plot = gr.BarPlot(x="code", y="share", color="source", label="Most used codes",
                                         x_label_angle=-45, sort=None)
             with gr.Row():
+                opacity = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Code map opacity over the slice")
                 code = gr.Number(label="Code", value=0, precision=0, minimum=0, maximum=vqvae.num_codes - 1)
                 show = gr.Button("Show where it occurs")
             with gr.Row():
@@ -134,19 +162,22 @@ def build(models: demo.Models) -> gr.Blocks:
                 temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature (lower: smoother, less varied)")
                 top_k = gr.Number(value=0, precision=0, minimum=0, label="Top-k (0 = off)")
                 seed = gr.Number(value=0, precision=0, label="Seed")
-                position = gr.Dropdown(POSITIONS, value="any", label="Slice position k")
+                position = gr.Dropdown(positions, value="any", label="Slice position k")
             with gr.Row():
                 sample_button = gr.Button("Sample new brains", variant="primary")
-                keep_rows = gr.Slider(0, 32, value=16, step=1, label="Completion: rows kept from the uploaded slice")
+                keep_rows = gr.Slider(0, grid, value=grid // 2, step=1,
+                                      label="Completion: rows kept from the uploaded slice")
                 complete_button = gr.Button("Complete the uploaded slice")
             status = gr.Markdown()
             gallery = gr.Gallery(label="Samples", columns=4, height="auto", format="png")
 
         recon_outputs = [shown_input, shown_recon, shown_error, summary, slice_index,
-                         current_image, current_codes, code_image, usage_plot]
+                         current_image, current_codes, code_image, usage_plot, code, highlighted, decoded]
         upload.change(reconstruct, [upload], recon_outputs, api_name="reconstruct")
         slice_index.release(reconstruct, [upload, slice_index], recon_outputs, api_name="reconstruct_slice")
         show.click(show_code, [current_image, current_codes, code], [highlighted, decoded], api_name="show_code")
+        code_image.select(pick_code, [current_image, current_codes], [code, highlighted, decoded], api_name=False)
+        opacity.release(redraw_map, [current_image, current_codes, opacity], [code_image], api_name="code_map")
         sample_button.click(sample, [n, temperature, top_k, seed, position], [gallery, status], api_name="sample")
         complete_button.click(complete, [current_codes, keep_rows, temperature, top_k, seed],
                               [gallery, status], api_name="complete")
@@ -160,13 +191,13 @@ def main(argv=None):
     parser.add_argument("--port", type=int, help="default: GRADIO_SERVER_PORT or 7860")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    models = load_models(args.model)
+    models = load_models(args.model, BUNDLED)
     app = build(models)
     # Bounded queue: at most 2 jobs run at once (2 cores), at most 32 wait; memory stays bounded.
     app.queue(default_concurrency_limit=2, max_size=32)
     app.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
                server_port=args.port or int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
-               max_file_size=demo.MAX_UPLOAD_BYTES)
+               max_file_size=MAX_UPLOAD_BYTES)
 
 
 if __name__ == "__main__":

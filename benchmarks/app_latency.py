@@ -1,6 +1,6 @@
 """End-to-end latency of the running app, driven through gradio_client, and a concurrency check.
 
-    python benchmarks/app_latency.py [--model DIR_OR_REPO] [--repeats 10] [--clients 8]
+    python -m benchmarks.app_latency [--model DIR_OR_REPO] [--repeats 10] [--clients 8]
 
 Starts `python app.py` itself (bundled weights unless --model), times start-up to serving, then
 prints p50/p95 for: reconstruction of an uploaded 256x256 slice, 4 samples; then runs --clients
@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from tests.conftest import synthetic_slice  # noqa: E402
+from vqvae.testing import synthetic_slice
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository root, where app.py lives
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -64,7 +64,8 @@ def percentiles(times):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.app_latency", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--clients", type=int, default=8)

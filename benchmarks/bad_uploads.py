@@ -1,23 +1,21 @@
-"""Every bad (and unusual) upload from tests/bad_uploads.py sent to the running app through
+"""Every bad (and unusual) upload from vqvae/testing.py sent to the running app through
 gradio_client; prints what the user saw for each, then checks the app still serves.
 
-    python benchmarks/bad_uploads.py [--model DIR_OR_REPO]
+    python -m benchmarks.bad_uploads [--model DIR_OR_REPO]
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from benchmarks.app_latency import peak_rss_mb, start_app  # noqa: E402
-from tests.bad_uploads import BAD_UPLOADS, GOOD_UPLOADS, write  # noqa: E402
+from benchmarks.app_latency import peak_rss_mb, start_app
+from vqvae.testing import BAD_UPLOADS, GOOD_UPLOADS, write
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bad_uploads", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model")
     args = parser.parse_args()
     from gradio_client import Client, handle_file

@@ -1,27 +1,24 @@
 """Training throughput of the VQ-VAE on this machine: fp32 vs bf16 autocast, contiguous vs
 channels-last, and the model's FLOPs per image with the resulting fraction of the CPU's peak.
 
-    python benchmarks/train_vqvae.py [--batch-size 16] [--steps 6] [--peak-fp32 150] [--peak-bf16 390] [--compile]
+    python -m benchmarks.train_vqvae [--batch-size 16] [--steps 6] [--peak-fp32 150] [--peak-bf16 390] [--compile]
 
 The peaks default to this project's CPU (AMD Zen 4, 2 cores): ~150 GFLOP/s fp32, ~390 bf16.
 One training step = forward, MSE + SSIM + commitment loss, backward, Adam update, exactly as
-train/vqvae.py does it.
+the VQ-VAE trainer (vqvae/trainers.py, run as `python -m train.vqvae`) does it with its defaults.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from contextlib import nullcontext
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from vqvae.metrics import ssim_torch  # noqa: E402
-from vqvae.model import VQVAE  # noqa: E402
+from vqvae.metrics import ssim_torch
+from vqvae.model import VQVAE
 
 
 def train_step(model, optimizer, x, bf16: bool, forward=None):
@@ -65,7 +62,8 @@ def images_per_second(channels_last: bool, bf16: bool, batch_size: int, steps: i
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.train_vqvae", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--peak-fp32", type=float, default=150.0, help="GFLOP/s")

@@ -2,29 +2,26 @@
 schedule, same training-time budget, trained in alternating slices so both see the same machine.
 
     pip install monai==1.5.1   # benchmark-only; not in requirements.txt
-    python benchmarks/vs_monai.py --data ../shared/oasis --minutes 10
+    python -m benchmarks.vs_monai --data ../shared/oasis --minutes 10
 
 Both models: f=8 (a 32x32 grid), K=512 codes of dimension 64, EMA codebook (decay 0.99),
 channels-last, loss = MSE + (1 - SSIM) + commitment, Adam at 2e-3 with warm-up + cosine over the
-budget (train/loop.py), batch 16. MONAI's is channels (16, 32, 64) with one residual layer per
+budget (vqvae/training.py), batch 16. MONAI's is channels (16, 32, 64) with one residual layer per
 level, the nearest parameter count to ours. Prints time-to-SSIM (128 validate slices after each
 slice of training) and a final table on the whole validate split (scikit-image SSIM).
 """
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from train.loop import RunConfig, TrainingRun  # noqa: E402
-from vqvae.data import load_split  # noqa: E402
-from vqvae.metrics import evaluate_reconstructions, ssim_torch  # noqa: E402
-from vqvae.model import VQVAE  # noqa: E402
+from vqvae.data import load_split
+from vqvae.metrics import evaluate_reconstructions, ssim_torch
+from vqvae.model import VQVAE
+from vqvae.training import RunConfig, TrainingRun
 
 
 class MonaiVQVAE(nn.Module):
@@ -55,7 +52,8 @@ def parameters(model: nn.Module) -> int:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.vs_monai", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True)
     parser.add_argument("--minutes", type=float, default=10.0, help="training-time budget of each model")
     parser.add_argument("--slice-minutes", type=float, default=1.0, help="alternate every this much")
@@ -81,7 +79,7 @@ def main():
             model.train()
             stop_at = run.train_seconds + 60 * args.slice_minutes
             while not run.finished() and run.train_seconds < stop_at:
-                x = train.batch(run.next_batch()).to(memory_format=torch.channels_last)
+                x = train.batch(run.next_batch()).to(run.device, memory_format=torch.channels_last)
                 run.apply_learning_rate()
                 reconstruction, commit, _ = model(x)
                 loss = F.mse_loss(reconstruction, x) + (1 - ssim_torch(reconstruction, x).mean()) + commit

@@ -8,28 +8,16 @@ import pytest
 import torch
 from PIL import Image
 
+from vqvae.testing import synthetic_slice, write_split  # noqa: F401 (fixtures' material, re-exported)
+
+from tests.strict import skip_or_fail
+
 # Small tensors gain nothing from a second thread, and CI shares its two cores.
 torch.set_num_threads(1)
 
-OASIS = Path(__file__).resolve().parents[1].parent / "shared" / "oasis"
-
-
-def synthetic_slice(rng: np.random.Generator, size: int = 256) -> np.ndarray:
-    """A head-like uint8 image: a bright ellipse with darker blobs, exactly 0 outside."""
-    yy, xx = np.mgrid[:size, :size] / size - 0.5
-    a, b = rng.uniform(0.25, 0.4, 2)
-    image = np.where((xx / a) ** 2 + (yy / b) ** 2 < 1, rng.uniform(0.5, 0.9), 0.0)
-    for _ in range(4):
-        cx, cy, r = rng.uniform(-0.15, 0.15, 2).tolist() + [rng.uniform(0.03, 0.08)]
-        image = np.where(((xx - cx) ** 2 + (yy - cy) ** 2 < r * r) & (image > 0), rng.uniform(0.1, 0.4), image)
-    return np.round(image * 255).astype(np.uint8)
-
-
-def write_split(folder: Path, subjects, slices_per_subject: int, rng, size: int = 256):
-    folder.mkdir(parents=True, exist_ok=True)
-    for subject in subjects:
-        for k in range(slices_per_subject):
-            Image.fromarray(synthetic_slice(rng, size)).save(folder / f"case_{subject:03d}_slice_{k}.nii.png")
+ROOT = Path(__file__).resolve().parents[1]
+OASIS = ROOT.parent / "shared" / "oasis"
+BUNDLED = ROOT / "assets" / "models"  # the app's weights
 
 
 @pytest.fixture(scope="session")
@@ -44,10 +32,10 @@ def oasis_like(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def oasis_root() -> Path:
-    """The real OASIS slices beside the checkout; skips the test where they are absent."""
+    """The real OASIS slices beside the checkout; skips where they are absent, fails in CI (tests/strict.py)."""
     root = OASIS / "keras_png_slices_data"
     if not (root / "keras_png_slices_validate").is_dir():
-        pytest.skip("real OASIS data not present (../shared/oasis)")
+        skip_or_fail("real OASIS data not present (../shared/oasis)")
     return root
 
 
@@ -75,4 +63,4 @@ def tiny_weights(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_models(tiny_weights):
     from vqvae.hub import load_models
-    return load_models(str(tiny_weights))
+    return load_models(str(tiny_weights), None)

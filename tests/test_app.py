@@ -1,5 +1,5 @@
 """The app end to end: launched as `python app.py`, driven through gradio_client, and in a real
-headless Chromium (skipped where Debian's chromium is not installed)."""
+headless Chromium (skipped where Debian's chromium is not installed; in CI that fails: tests/strict.py)."""
 import os
 import shutil
 import socket
@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import synthetic_slice
+from tests.conftest import BUNDLED
+from tests.strict import import_or_skip, require
+from vqvae.testing import synthetic_slice
 
 ROOT = Path(__file__).resolve().parents[1]
 # Screenshots land in the test's temp folder; BRAINVQ_SCREENSHOTS=1 writes the committed ones.
@@ -35,7 +37,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tiny_weights, tmp_path_factory):
     """The app on the bundled weights where this checkout has them, else on tiny random ones."""
-    from vqvae.hub import BUNDLED, is_weights_dir
+    from vqvae.hub import is_weights_dir
     weights = BUNDLED if is_weights_dir(BUNDLED) else tiny_weights
     port = free_port()
     log = tmp_path_factory.mktemp("app") / "app.log"
@@ -106,9 +108,8 @@ def chromium() -> str | None:
 
 
 def test_in_a_real_browser(server, slice_png, tmp_path):
-    if chromium() is None:
-        pytest.skip("Debian's chromium is not installed")
-    playwright = pytest.importorskip("playwright.sync_api")
+    require(chromium(), "Debian's chromium is not installed")
+    playwright = import_or_skip("playwright.sync_api")
     SCREENSHOTS = SCREENSHOTS_COMMITTED if os.environ.get("BRAINVQ_SCREENSHOTS") else tmp_path
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     errors = []

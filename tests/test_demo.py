@@ -6,10 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.bad_uploads import BAD_UPLOADS, GOOD_UPLOADS, write
-from tests.conftest import synthetic_slice
-from vqvae import demo
-from vqvae.demo import InputError
+from tests.strict import import_or_skip
+from vqvae import demo, upload
+from vqvae.images import to_uint8
+from vqvae.testing import BAD_UPLOADS, GOOD_UPLOADS, synthetic_slice, write
+from vqvae.upload import InputError
 
 
 def save(tmp_path, name, array, **kw):
@@ -19,10 +20,10 @@ def save(tmp_path, name, array, **kw):
 
 
 def test_fit_to_square_pads_then_resizes():
-    same, note = demo.fit_to_square(np.zeros((256, 256), np.uint8))
+    same, note = upload.fit_to_square(np.zeros((256, 256), np.uint8))
     assert note.endswith("used as is")
     wide = np.full((100, 200), 255, np.uint8)
-    out, note = demo.fit_to_square(wide)
+    out, note = upload.fit_to_square(wide)
     assert out.shape == (256, 256) and "padded" in note and "resized" in note
     assert out[0, 128] == 0 and out[128, 128] == 255  # black bands above and below
 
@@ -33,7 +34,7 @@ def test_read_upload_accepts_common_modes(tmp_path, mode):
     image = Image.fromarray(base.astype(np.uint16) * 256) if mode == "I;16" else Image.fromarray(base).convert(mode)
     path = tmp_path / f"slice_{mode.replace(';', '')}.png"
     image.save(path)
-    out, note, count, _ = demo.read_upload(path)
+    out, note, count, _ = upload.read_upload(path)
     assert out.shape == (256, 256) and out.dtype == np.uint8 and count == 1
     if mode == "I;16":  # deep images are stretched from their own min..max to 0..255
         base = np.round(base * (255 / base.max()))
@@ -41,7 +42,7 @@ def test_read_upload_accepts_common_modes(tmp_path, mode):
 
 
 def test_read_upload_jpeg_and_small_image(tmp_path):
-    out, note, *_ = demo.read_upload(save(tmp_path, "a.jpg", synthetic_slice(np.random.default_rng(1), 128)))
+    out, note, *_ = upload.read_upload(save(tmp_path, "a.jpg", synthetic_slice(np.random.default_rng(1), 128)))
     assert out.shape == (256, 256) and "resized" in note
 
 
@@ -54,7 +55,7 @@ def test_read_upload_bad_files_give_clear_messages(tmp_path, content, message):
     path = tmp_path / "bad.png"
     path.write_bytes(content)
     with pytest.raises(InputError, match=message):
-        demo.read_upload(path)
+        upload.read_upload(path)
 
 
 def test_read_upload_refuses_huge_and_tiny_images(tmp_path):
@@ -64,15 +65,15 @@ def test_read_upload_refuses_huge_and_tiny_images(tmp_path):
         Image.new("L", (side, side)).save(bomb)
         assert bomb.stat().st_size < 2**20
         with pytest.raises(InputError, match="megapixels"):
-            demo.read_upload(bomb)
+            upload.read_upload(bomb)
     with pytest.raises(InputError, match="only 1x1"):
-        demo.read_upload(save(tmp_path, "dot.png", np.zeros((1, 1), np.uint8)))
+        upload.read_upload(save(tmp_path, "dot.png", np.zeros((1, 1), np.uint8)))
     with pytest.raises(InputError, match="upload a slice"):
-        demo.read_upload(None)
+        upload.read_upload(None)
 
 
 def nifti(tmp_path, data, name="v.nii.gz"):
-    nibabel = pytest.importorskip("nibabel")
+    nibabel = import_or_skip("nibabel")
     path = tmp_path / name
     nibabel.save(nibabel.Nifti1Image(data, np.eye(4)), str(path))
     return path
@@ -81,22 +82,22 @@ def nifti(tmp_path, data, name="v.nii.gz"):
 def test_nifti_volume_slices(tmp_path):
     volume = np.random.default_rng(0).random((64, 64, 10)).astype(np.float32)
     path = nifti(tmp_path, volume)
-    image, note, count, index = demo.read_upload(path, slice_index=3)
+    image, note, count, index = upload.read_upload(path, slice_index=3)
     assert count == 10 and index == 3 and image.shape == (256, 256) and "slice 3 of 10" in note
-    assert demo.read_upload(path, slice_index=99)[3] == 9
-    assert demo.read_upload(path)[3] == 5  # the middle slice by default
+    assert upload.read_upload(path, slice_index=99)[3] == 9
+    assert upload.read_upload(path)[3] == 5  # the middle slice by default
 
 
 def test_nifti_faults(tmp_path):
     bad = np.ones((8, 8, 4), np.float32)
     bad[0, 0, 0] = np.nan
     with pytest.raises(InputError, match="NaN or Inf"):
-        demo.read_upload(nifti(tmp_path, bad, "nan.nii"))
+        upload.read_upload(nifti(tmp_path, bad, "nan.nii"))
     with pytest.raises(InputError, match="3-D"):
-        demo.read_upload(nifti(tmp_path, np.ones((8, 8, 4, 3), np.float32), "4d.nii"))
+        upload.read_upload(nifti(tmp_path, np.ones((8, 8, 4, 3), np.float32), "4d.nii"))
     (tmp_path / "junk.nii.gz").write_bytes(gzip.compress(b"not nifti"))
     with pytest.raises(InputError, match="not a readable NIfTI"):
-        demo.read_upload(tmp_path / "junk.nii.gz")
+        upload.read_upload(tmp_path / "junk.nii.gz")
 
 
 def test_reconstruct_slice_and_code_views(tiny_models):
@@ -105,21 +106,38 @@ def test_reconstruct_slice_and_code_views(tiny_models):
     assert result["reconstruction"].shape == (256, 256) and result["error"].shape == (256, 256, 3)
     assert result["codes"].shape == (32, 32)
     assert set(result["metrics"]) >= {"ssim", "ssim_brain", "psnr"}
-    colours = demo.code_map(result["codes"], tiny_models.vqvae.num_codes)
-    assert colours.shape == (256, 256, 3)
+    colours = demo.code_colours(tiny_models.vqvae)
+    assert colours.shape == (tiny_models.vqvae.num_codes, 3) and colours.dtype == np.uint8
+    coloured = demo.code_map(result["codes"], colours)
+    assert coloured.shape == (256, 256, 3)
+    assert (coloured[:8, :8] == colours[result["codes"][0, 0]]).all()  # one cell, one code's colour
     code = int(result["codes"][0, 0])
     overlay = demo.highlight_code(image, result["codes"], code)
     assert (overlay[:8, :8, 0] > overlay[:8, :8, 1]).all()  # that cell is tinted red
-    assert demo.decode_code(tiny_models.vqvae, code).shape == (256, 256)
-    with pytest.raises(InputError, match="between 0 and"):
-        demo.decode_code(tiny_models.vqvae, 10**6)
+    assert demo.decode_code(tiny_models.vqvae, code, 32).shape == (256, 256)
+    with pytest.raises(InputError, match="from 0 to"):
+        demo.decode_code(tiny_models.vqvae, 10**6, 32)
     rows = demo.code_usage(result["codes"], np.ones(tiny_models.vqvae.num_codes))
     assert rows[0]["source"] == "this slice" and rows[1]["source"] == "training set"
 
 
-def test_palette_distinguishes_codes():
-    colours = demo.palette(512)
-    assert len({tuple(c) for c in colours}) > 400
+def test_code_colours_follow_what_codes_decode_to(tiny_models):
+    """Brightness of a code's colour orders codes as their decoded intensity does."""
+    import torch
+    vqvae = tiny_models.vqvae
+    colours = demo.code_colours(vqvae).astype(float)
+    decoded = vqvae.decode(torch.arange(vqvae.num_codes)[:, None, None].expand(-1, 4, 4)).mean(dim=(1, 2, 3))
+    darkest, brightest = int(decoded.argmin()), int(decoded.argmax())
+    assert colours[brightest].max() > colours[darkest].max()
+
+
+def test_code_at_and_most_used_code():
+    codes = np.zeros((32, 32), np.int64)
+    codes[3, 5] = 7
+    assert demo.code_at(codes, x=5 * 8 + 4, y=3 * 8 + 1) == 7  # x is the column, y the row
+    assert demo.code_at(codes, x=300, y=-4) == 0  # clicks off the edge clamp to the grid
+    codes[4:30] = 4  # 832 of 1024 cells
+    assert demo.most_used_code(codes) == 4
 
 
 def test_sample_stream_yields_progress_and_final_images(tiny_models):
@@ -134,14 +152,14 @@ def test_sample_stream_matches_the_sampler_and_completes(tiny_models):
     from vqvae.sampling import sample_cached
     *_, (images, _, _) = demo.sample_stream(tiny_models, 1, seed=5, position=3)
     codes = sample_cached(tiny_models.prior, 1, positions=torch.tensor([3]), generator=torch.Generator().manual_seed(5))
-    assert np.array_equal(images[0], demo.to_uint8(tiny_models.vqvae.decode(codes)[0, 0]))
+    assert np.array_equal(images[0], to_uint8(tiny_models.vqvae.decode(codes)[0, 0]))
     initial = np.zeros((32, 32), np.int64)
     *_, (images, rows, _) = demo.sample_stream(tiny_models, 2, initial=initial, keep_rows=16)
     assert rows == 32 and len(images) == 2
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"n": 0}, "between 1 and 16"), ({"n": 2, "temperature": -1}, "0 or more"),
+    ({"n": 0}, "from 1 to 16"), ({"n": 2, "temperature": -1}, "temperature must be from 0"),
     ({"n": 2, "position": 40}, "slice position"), ({"n": 2, "keep_rows": 40, "initial": np.zeros((32, 32))}, "rows to keep"),
 ])
 def test_sample_stream_rejects_bad_settings(tiny_models, kwargs, message):
@@ -152,12 +170,12 @@ def test_sample_stream_rejects_bad_settings(tiny_models, kwargs, message):
 @pytest.mark.parametrize("kind, name, make, message", BAD_UPLOADS, ids=[b[0] for b in BAD_UPLOADS])
 def test_every_bad_upload_gets_a_clear_message(tmp_path, kind, name, make, message):
     if name.endswith(".nii.gz") and "garbage" not in kind:
-        pytest.importorskip("nibabel")
+        import_or_skip("nibabel")
     with pytest.raises(InputError, match=message):
-        demo.read_upload(write(tmp_path, name, make))
+        upload.read_upload(write(tmp_path, name, make))
 
 
 @pytest.mark.parametrize("kind, name, make", GOOD_UPLOADS, ids=[g[0] for g in GOOD_UPLOADS])
 def test_unusual_but_valid_uploads_work(tmp_path, kind, name, make):
-    image, note, _, _ = demo.read_upload(write(tmp_path, name, make))
+    image, note, _, _ = upload.read_upload(write(tmp_path, name, make))
     assert image.shape == (256, 256) and image.dtype == np.uint8

@@ -4,9 +4,9 @@ import pytest
 import torch
 from scipy import ndimage
 
-from tests.conftest import synthetic_slice
-from train.generation import (SliceCNN, frechet_distance, generation_report, mean_pair_ms_ssim,
-                              nearest_ssim, two_sample_accuracy)
+from vqvae.testing import synthetic_slice
+from vqvae.generation import (Labelled, SliceCNN, blurred, frechet_distance, frechet_from_statistics,
+                              generation_report, mean_pair_ms_ssim, nearest_ssim, subject_split, two_sample_test)
 from vqvae.metrics import MS_SSIM_WEIGHTS, ms_ssim_torch, ssim_torch
 
 
@@ -48,9 +48,25 @@ def test_frechet_distance_closed_form():
     assert frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
     # equal covariances: the distance is the squared distance of the means
     assert frechet_distance(a, a + torch.tensor([3.0, 0, 4.0])) == pytest.approx(25.0, rel=1e-6)
-    # N(0, I) vs N(0, 4I) in 3-D: tr(I + 4I - 2*2I) = 3
-    b = torch.randn(4000, 3, generator=g) * 2
-    assert frechet_distance(a, b) == pytest.approx(3.0, rel=0.1)
+
+
+def test_frechet_uses_the_matrix_square_root_of_non_commuting_covariances():
+    """tr(A + B - 2 (A^1/2 B A^1/2)^1/2) from eigendecompositions, for covariances that do not
+    commute: an element-wise square root, or one that assumes commuting matrices, fails."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(4, 4)), rng.normal(size=(4, 4))
+    cov_a, cov_b = x @ x.T + np.eye(4), y @ y.T + 0.5 * np.eye(4)
+    assert not np.allclose(cov_a @ cov_b, cov_b @ cov_a)
+
+    def sqrt_psd(m):
+        values, vectors = np.linalg.eigh(m)
+        return vectors @ np.diag(np.sqrt(np.clip(values, 0, None))) @ vectors.T
+    root_a = sqrt_psd(cov_a)
+    expected = 4.0 + np.trace(cov_a + cov_b - 2 * sqrt_psd(root_a @ cov_b @ root_a))
+    mu_a, mu_b = np.zeros(4), np.array([2.0, 0, 0, 0])
+    assert frechet_from_statistics(mu_a, cov_a, mu_b, cov_b) == pytest.approx(expected, rel=1e-9)
+    elementwise = 4.0 + np.trace(cov_a + cov_b - 2 * np.sqrt(np.abs(cov_a @ cov_b)))
+    assert abs(elementwise - expected) > 0.1  # the check above can tell the two apart
 
 
 def test_nearest_ssim_finds_copies_and_ranks_noise_lower():
@@ -68,36 +84,65 @@ def test_pair_diversity():
     assert mean_pair_ms_ssim(slices(10, seed=3), pairs=20) < 0.95
 
 
-def test_two_sample_test_separates_different_sets_and_not_equal_ones():
+def people(subjects, per_subject, seed, size=64, texture=3):
+    """Each subject's slices are near-duplicates (one synthetic head plus faint noise), as one
+    person's OASIS slices are; -> Labelled(images, subjects)."""
+    rng = np.random.default_rng(seed)
+    images, ids = [], []
+    for subject in subjects:
+        head = synthetic_slice(rng, size).astype(np.int16)
+        for _ in range(per_subject):
+            noisy = np.where(head > 0, head + rng.integers(-texture, texture + 1, head.shape), 0)
+            images.append(np.clip(noisy, 0, 255).astype(np.uint8))
+            ids.append(subject)
+    return Labelled(torch.from_numpy(np.stack(images))[:, None], torch.tensor(ids))
+
+
+def test_subject_split_keeps_people_and_their_reconstructions_on_one_side():
+    real = people(range(10), 3, seed=0)
+    copies = Labelled(real.images.clone(), real.subjects.clone())  # a "reconstruction" of each slice
+    (train_a, train_b), (test_a, test_b) = subject_split(real, copies, torch.Generator().manual_seed(0))
+    train_people = set(real.subjects[train_a].tolist()) | set(copies.subjects[train_b].tolist())
+    test_people = set(real.subjects[test_a].tolist()) | set(copies.subjects[test_b].tolist())
+    assert train_people.isdisjoint(test_people) and len(train_a) == len(train_b) and len(test_a) == len(test_b)
+
+
+def test_two_sample_test_calls_different_people_equal_and_a_blur_different():
     torch.manual_seed(0)
-    real = slices(40, seed=4, size=256)
-    bright = torch.where(real > 0, 255, 0).to(torch.uint8)  # same shapes, flat bright inside
-    assert two_sample_accuracy(real, bright, steps=100) > 0.9
-    assert two_sample_accuracy(real[:20], real[20:], steps=100) <= 0.75
+    first, second = people(range(0, 12), 4, seed=1), people(range(100, 112), 4, seed=2)
+    # same distribution, different people: near chance, although each person is easy to recognise
+    assert two_sample_test(first, second, repeats=2, steps=60)["mean"] <= 0.75
+    sharp = people(range(0, 12), 4, seed=3, texture=40)  # fine texture, as real slices have
+    soft = Labelled(blurred(sharp.images), sharp.subjects)
+    assert two_sample_test(sharp, soft, repeats=2, steps=100)["mean"] >= 0.85
 
 
-def test_generation_report_keys_and_ranges():
+def test_generation_report_measures_samples_against_real_slices():
     torch.manual_seed(0)
-    report = generation_report(slices(12, seed=5), slices(30, seed=6), slices(12, seed=7),
-                               SliceCNN(num_classes=4, width=8, feature_dim=8), classifier_steps=2, pairs=8)
-    assert report["images"] == 12
-    assert report["frechet"] >= 0 and report["frechet_reference"] >= 0
-    assert 0 <= report["two_sample_accuracy"] <= 1
-    assert 0 <= report["samples_above_p99"] <= 12
-    assert report["nearest_train_ssim_max"] <= 1 + 1e-6
-    assert "two_sample_accuracy_reconstructions" not in report
-
-
-def test_reconstructions_give_a_perfect_priors_floor():
-    torch.manual_seed(0)
-    validate, train, samples = slices(40, seed=7, size=128), slices(30, seed=6, size=128), slices(12, seed=5, size=128)
+    train, validate = people(range(0, 10), 3, seed=6, size=256), people(range(50, 58), 3, seed=7, size=256)
     net = SliceCNN(num_classes=4, width=8, feature_dim=8)
-    exact = generation_report(samples, train, validate, net, classifier_steps=2, pairs=8,
-                              reconstructions=validate.clone())
+    copies = generation_report(validate.images.clone(), train, validate, net, classifier_steps=2, pairs=8,
+                               repeats=1)
+    assert copies["frechet"] == pytest.approx(0, abs=1e-3)  # the samples are validate itself
+    assert copies["ms_ssim_pairs"] == pytest.approx(copies["ms_ssim_pairs_reference"])
+    blank = generation_report(torch.zeros_like(validate.images), train, validate, net, classifier_steps=2,
+                              pairs=8, repeats=1)
+    assert blank["frechet"] > 3 * blank["frechet_reference"] and blank["ms_ssim_pairs"] == pytest.approx(1.0, abs=1e-4)
+    assert "frechet_reconstructions" not in blank
+    assert [row["comparison"] for row in blank["two_sample"]][-1] == "samples vs validate"
+
+
+def test_reconstructions_are_measured_against_validate():
+    torch.manual_seed(0)
+    train, validate = people(range(0, 10), 3, seed=6, size=128), people(range(50, 58), 3, seed=7, size=128)
+    net = SliceCNN(num_classes=4, width=8, feature_dim=8)
+    exact = generation_report(validate.images[:12], train, validate, net, classifier_steps=2, pairs=8,
+                              repeats=1, reconstructions=validate.images.clone())
     assert abs(exact["frechet_reconstructions"]) < 1e-3  # identical images: no distance
     checker = (torch.arange(128)[:, None] + torch.arange(128)) % 2 * 40  # a decoder's tell-tale pattern
-    marked = (validate.int() + checker).clamp(0, 255).to(torch.uint8)
-    told = generation_report(samples, train, validate, net, classifier_steps=100, pairs=8,
-                             reconstructions=marked)
+    marked = (validate.images.int() + checker).clamp(0, 255).to(torch.uint8)
+    told = generation_report(validate.images[:12], train, validate, net, classifier_steps=100, pairs=8,
+                             repeats=1, reconstructions=marked)
     assert told["frechet_reconstructions"] > exact["frechet_reconstructions"]
-    assert told["two_sample_accuracy_reconstructions"] > 0.9
+    row = next(r for r in told["two_sample"] if r["comparison"] == "reconstructions vs validate")
+    assert row[128]["mean"] > 0.9

@@ -3,11 +3,12 @@ import shutil
 
 import pytest
 
+from tests.conftest import BUNDLED
 from vqvae import hub
 
 
 def test_local_directory(tiny_weights):
-    models = hub.load_models(str(tiny_weights))
+    models = hub.load_models(str(tiny_weights), None)
     assert models.source.startswith("local directory") and models.vqvae.num_codes == 16
     assert models.code_frequencies is not None and models.code_frequencies.sum() == 136
 
@@ -25,7 +26,7 @@ def test_prefilled_hub_cache_is_used_offline(tiny_weights, tmp_path, monkeypatch
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
     path, source = hub.resolve_weights("someone/brainvq", bundled=tmp_path / "none")
     assert path == repo / "snapshots" / commit and "someone/brainvq" in source
-    assert hub.load_models("someone/brainvq").vqvae.num_codes == 16
+    assert hub.load_models("someone/brainvq", None).vqvae.num_codes == 16
 
 
 def test_unreachable_repo_falls_back_to_bundled(tiny_weights, tmp_path, monkeypatch, caplog):
@@ -42,7 +43,5 @@ def test_no_weights_anywhere_is_a_clear_error(tmp_path):
 
 
 def test_bundled_weights_load_when_shipped():
-    if not hub.is_weights_dir(hub.BUNDLED):
-        pytest.skip("no bundled weights in this checkout")
-    models = hub.load_models(None)
+    models = hub.load_models(None, BUNDLED)
     assert models.source.startswith("bundled") and models.vqvae.num_codes == models.prior.num_codes

@@ -4,7 +4,7 @@ import torch
 from skimage.metrics import structural_similarity
 
 from vqvae.metrics import brain_mask, code_statistics, evaluate_reconstructions, image_metrics, ssim_torch
-from tests.conftest import synthetic_slice
+from vqvae.testing import synthetic_slice
 
 
 def test_ssim_torch_matches_scikit_image():

@@ -2,62 +2,22 @@
 checkpoints, non-finite losses)."""
 import os
 import pickle
-import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from train.loop import CHECKPOINT, NonFiniteLoss, RunConfig, TrainingRun
+from vqvae.testing import kill_and_resume, same_weights, train_command
+from vqvae.training import CHECKPOINT, NonFiniteLoss, RunConfig, TrainingRun
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--codes", "16", "--code-dim", "8", "--base-channels", "4", "--hidden-channels", "8",
-        "--batch-size", "4", "--no-progress", "--threads", "1", "--epochs", "6",
-        "--eval-minutes", "1000", "--seed", "3"]
-
-
-def train_command(data, out, *extra):
-    return [sys.executable, "-m", "train.vqvae", "--data", str(data), "--out", str(out), *TINY, *extra]
-
-
-def kill_and_resume(data, out: Path, kills: int, seed: int = 0, extra=()) -> int:
-    """Train into ``out``, SIGKILL the trainer ``kills`` times at random moments once training is
-    under way, resuming each time, then let it finish. Returns how many kills landed."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    rng = random.Random(seed)
-    landed = 0
-    for _ in range(kills + 10):
-        process = subprocess.Popen(train_command(data, out, "--resume", "--checkpoint-steps", "1", *extra),
-                                   cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if landed < kills:
-            deadline = time.time() + 120
-            while not (out / CHECKPOINT).exists() and process.poll() is None and time.time() < deadline:
-                time.sleep(0.05)
-            time.sleep(rng.uniform(0.0, 1.5))
-            if process.poll() is None:
-                process.send_signal(signal.SIGKILL)
-                landed += 1
-        _, stderr = process.communicate(timeout=600)
-        if process.returncode == 0:
-            return landed
-        assert process.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
-    raise AssertionError("training never finished")
-
-
-def same_weights(a_dir: Path, b_dir: Path) -> bool:
-    a = load_file(a_dir / "model" / "model.safetensors")
-    b = load_file(b_dir / "model" / "model.safetensors")
-    return a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
 
 
 def test_sigkill_at_random_moments_then_resume_equals_uninterrupted(oasis_like, tmp_path):
     subprocess.run(train_command(oasis_like, tmp_path / "whole"), check=True, cwd=ROOT, capture_output=True)
-    assert kill_and_resume(oasis_like, tmp_path / "killed", kills=3) >= 1
+    assert kill_and_resume(oasis_like, tmp_path / "killed", kills=3, root=ROOT) >= 1
     assert same_weights(tmp_path / "whole", tmp_path / "killed")
 
 

@@ -11,10 +11,22 @@ from __future__ import annotations
 import argparse
 import json
 
-from vqvae.data import DataError, load_split
+from vqvae.data import load_split
+from vqvae.hub import load_model
 from vqvae.metrics import evaluate_reconstructions
 from vqvae.model import VQVAE
-from train.cli import fail, load_model
+from train.cli import run_or_fail
+
+ROWS = ("images", "ssim", "ssim_std", "ssim_min", "ssim_brain", "psnr", "mse", "usage", "perplexity",
+        "bits_per_pixel")
+
+
+def evaluate(args) -> dict:
+    model = load_model(VQVAE, args.model)
+    split = load_split(args.data, args.split, limit=args.limit, progress=not args.json)
+    metrics = evaluate_reconstructions(model, split.images, progress=not args.json)
+    return {**metrics, "split": args.split, "model": args.model, "codes": model.num_codes,
+            "bits_per_pixel": model.bits_per_pixel}
 
 
 def main(argv=None):
@@ -25,19 +37,11 @@ def main(argv=None):
     parser.add_argument("--limit", type=int, help="only the first N images")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
-    model = load_model(VQVAE, args.model)
-    try:
-        split = load_split(args.data, args.split, limit=args.limit, progress=not args.json)
-    except DataError as error:
-        fail(str(error))
-    metrics = evaluate_reconstructions(model, split.images, progress=not args.json)
-    metrics.update(split=args.split, model=args.model, codes=model.num_codes,
-                   bits_per_pixel=model.bits_per_pixel)
+    metrics = run_or_fail(evaluate, args)
     if args.json:
         print(json.dumps(metrics))
         return
-    for key in ("images", "ssim", "ssim_std", "ssim_min", "ssim_brain", "psnr", "mse", "usage",
-                "perplexity", "bits_per_pixel"):
+    for key in ROWS:
         value = metrics[key]
         print(f"{key:>15}  {value:.4f}" if isinstance(value, float) else f"{key:>15}  {value}")
 

@@ -18,7 +18,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from train.cli import fail
+from vqvae.generation import generation_table
+from vqvae.hub import is_model_dir
+from train.cli import fail, run_or_fail
 
 CITATION = ("Marcus, D. S., Wang, T. H., Parker, J., Csernansky, J. G., Morris, J. C., Buckner, R. L. "
             "(2007). Open Access Series of Imaging Studies (OASIS): Cross-sectional MRI Data in Young, "
@@ -80,9 +82,8 @@ def model_card(vqvae: dict, prior: dict, machine: str, generation: dict | None =
         if isinstance(value, float):
             lines.append(f"| {key} | {value:.4f} |")
     if generation:
-        from train.evaluate_generation import table
         lines += ["", f"## Generation metrics ({generation['images']} samples vs validate, "
-                  f"temperature {generation['temperature']})", "", table(generation), "",
+                  f"temperature {generation['temperature']})", "", generation_table(generation), "",
                   "Made by `python -m train.evaluate_generation`; the Fréchet distance uses `position_net/`, "
                   "a small CNN trained on OASIS train to predict the slice position."]
     lines += ["", "SSIM is scikit-image's `structural_similarity(x, y, data_range=1.0)` on [0, 1] images; "
@@ -95,8 +96,8 @@ def package(vqvae_dir: Path, prior_dir: Path, out: Path, machine: str, generatio
             features: Path | None = None) -> Path:
     folders = {"vqvae": vqvae_dir, "prior": prior_dir, **({"position_net": features} if features else {})}
     for path in folders.values():
-        if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
-            fail(f"{path} is not a model directory (needs config.json and model.safetensors)")
+        if not is_model_dir(path):
+            raise ValueError(f"{path} is not a model directory (needs config.json and model.safetensors)")
     out.mkdir(parents=True, exist_ok=True)
     for name, source in folders.items():
         shutil.rmtree(out / name, ignore_errors=True)
@@ -119,8 +120,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not args.repo_id and not args.out:
         fail("give --repo-id to upload, --out to write the folder, or both")
-    folder = package(args.vqvae, args.prior, args.out or Path(tempfile.mkdtemp()), args.machine,
-                     args.generation, args.features)
+    folder = run_or_fail(package, args.vqvae, args.prior, args.out or Path(tempfile.mkdtemp()), args.machine,
+                         args.generation, args.features)
     print(f"packaged weights and model card in {folder}")
     if args.repo_id:
         from huggingface_hub import HfApi

@@ -17,11 +17,12 @@ import argparse
 import json
 from pathlib import Path
 
-from vqvae.data import DataError, load_split
+from vqvae.data import load_split
+from vqvae.hub import load_model
 from vqvae.metrics import evaluate_reconstructions
 from vqvae.model import VQVAE
-from train import vqvae as train_vqvae
-from train.cli import fail, load_model
+from vqvae.trainers import VQVAETraining, train_vqvae
+from train.cli import config_from, config_parser, fail, run_or_fail
 
 COLUMNS = [("f", "{:d}"), ("grid", "{}"), ("bits_per_pixel", "{:.4f}"), ("ssim", "{:.4f}"),
            ("ssim_brain", "{:.4f}"), ("psnr", "{:.2f}"), ("usage", "{:.1%}"), ("minutes", "{}")]
@@ -45,6 +46,31 @@ def parse_models(pairs: list[str]) -> dict[int, str]:
     return models
 
 
+def rd_rows(args, trainer_args: list[str]) -> list[dict]:
+    given = parse_models(args.model)
+    out = Path(args.out)
+    validate = load_split(args.data, "validate", limit=args.limit, progress=not args.no_progress)
+    trainer_parser = config_parser(VQVAETraining, None)
+    rows = []
+    for factor in args.factors:
+        folder = Path(given.get(factor, out / f"f{factor}" / "model"))
+        minutes = "given" if factor in given else args.minutes
+        if factor not in given and not (folder / "model.safetensors").exists():
+            train_args = ["--data", args.data, "--out", str(folder.parent), "--minutes", str(args.minutes),
+                          "--downsample", str(factor), "--eval-minutes", str(args.minutes)]
+            train_args += ["--limit", str(args.limit)] if args.limit else []
+            train_args += (["--no-progress"] if args.no_progress else []) + trainer_args
+            print(f"training f={factor} for {args.minutes} min into {folder.parent}")
+            train_vqvae(config_from(VQVAETraining, trainer_parser.parse_args(train_args)))
+        model = load_model(VQVAE, folder)
+        metrics = evaluate_reconstructions(model, validate.images, progress=not args.no_progress)
+        grid = validate.images.shape[-1] // model.downsample
+        rows.append({"f": model.downsample, "grid": f"{grid}x{grid}", "codes": model.num_codes,
+                     "bits_per_pixel": model.bits_per_pixel, "minutes": minutes, "model": str(folder),
+                     **metrics})
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True)
@@ -56,30 +82,8 @@ def main(argv=None):
     parser.add_argument("--limit", type=int, help="only the first N images of each split")
     parser.add_argument("--no-progress", action="store_true")
     args, trainer_args = parser.parse_known_args(argv)
-    given = parse_models(args.model)
+    rows = run_or_fail(rd_rows, args, trainer_args)
     out = Path(args.out)
-    try:
-        validate = load_split(args.data, "validate", limit=args.limit, progress=not args.no_progress)
-    except DataError as error:
-        fail(str(error))
-
-    rows = []
-    for factor in args.factors:
-        folder = Path(given.get(factor, out / f"f{factor}" / "model"))
-        minutes = "given" if factor in given else args.minutes
-        if factor not in given and not (folder / "model.safetensors").exists():
-            train_args = ["--data", args.data, "--out", str(folder.parent), "--minutes", str(args.minutes),
-                          "--downsample", str(factor), "--eval-minutes", str(args.minutes)]
-            train_args += ["--limit", str(args.limit)] if args.limit else []
-            train_args += (["--no-progress"] if args.no_progress else []) + trainer_args
-            print(f"training f={factor} for {args.minutes} min into {folder.parent}")
-            train_vqvae.main(train_args)
-        model = load_model(VQVAE, str(folder))
-        metrics = evaluate_reconstructions(model, validate.images, progress=not args.no_progress)
-        grid = validate.images.shape[-1] // model.downsample
-        rows.append({"f": model.downsample, "grid": f"{grid}x{grid}", "codes": model.num_codes,
-                     "bits_per_pixel": model.bits_per_pixel, "minutes": minutes, "model": str(folder),
-                     **metrics})
     out.mkdir(parents=True, exist_ok=True)
     (out / "rd_table.json").write_text(json.dumps(rows, indent=2))
     print(f"\nvalidate ({rows[0]['images']} slices); rate = log2(K)/f^2 bits per pixel")

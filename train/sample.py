@@ -12,39 +12,38 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
-from vqvae.demo import to_uint8
+from vqvae.hub import load_model
+from vqvae.images import mosaic, to_uint8
 from vqvae.model import VQVAE
 from vqvae.prior import GatedPixelCNN
-from vqvae.sampling import SAMPLERS
-from train.cli import fail, load_model
+from vqvae.sampling import SAMPLERS, sample_codes
+from train.cli import run_or_fail
 
 
-def mosaic(images: np.ndarray, columns: int | None = None, gap: int = 2) -> np.ndarray:
-    """(N, H, W) uint8 -> one image, near-square, with a black gap between tiles."""
-    n, h, w = images.shape
-    columns = columns or int(np.ceil(np.sqrt(n)))
-    rows = int(np.ceil(n / columns))
-    grid = np.zeros((rows * (h + gap) - gap, columns * (w + gap) - gap), dtype=np.uint8)
-    for k, image in enumerate(images):
-        r, c = divmod(k, columns)
-        grid[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = image
-    return grid
-
-
-def generate(vqvae: VQVAE, prior: GatedPixelCNN, n: int, position: int | torch.Tensor | None = None,
-             temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
-             sampler: str = "cached") -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (slices (n, 1, H, W) in [0, 1], code grids (n, h, w)). ``position``: one slice
-    position for all, one per sample (n,), or None (unconditional)."""
-    generator = torch.Generator().manual_seed(seed)
-    positions = None if position is None else torch.as_tensor(position).long().expand(n)
-    codes = SAMPLERS[sampler](prior, n, positions=positions, temperature=temperature,
-                              top_k=top_k, generator=generator)
-    return vqvae.decode(codes), codes
+def sample(args):
+    vqvae, prior = load_model(VQVAE, args.vqvae), load_model(GatedPixelCNN, args.prior)
+    if vqvae.num_codes != prior.num_codes:
+        raise ValueError(f"the prior models {prior.num_codes} codes but the VQ-VAE has {vqvae.num_codes}")
+    if args.slice is not None and not all(0 <= k < prior.num_positions for k in args.slice):
+        raise ValueError(f"--slice must be in 0..{prior.num_positions - 1}")
+    if args.n < 1 or args.temperature < 0:
+        raise ValueError("-n must be >= 1 and --temperature >= 0")
+    start = time.perf_counter()
+    slices = args.slice or [None]
+    positions = None if args.slice is None else torch.tensor(slices).repeat_interleave(args.n)
+    codes = sample_codes(prior, args.n * len(slices), positions, args.temperature, args.top_k, args.seed,
+                         args.sampler)
+    pixels = to_uint8(vqvae.decode(codes)[:, 0])  # (N, H, W)
+    seconds = time.perf_counter() - start
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for k, image in enumerate(pixels):
+        Image.fromarray(image).save(out / f"sample_{k:03d}.png")
+    Image.fromarray(mosaic(pixels, columns=args.n if len(slices) > 1 else None)).save(out / "grid.png")
+    print(f"wrote {len(pixels)} samples and grid.png to {out} ({seconds:.1f} s, {args.sampler} sampler)")
 
 
 def main(argv=None):
@@ -58,27 +57,7 @@ def main(argv=None):
     parser.add_argument("--top-k", type=int)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sampler", choices=sorted(SAMPLERS), default="cached")
-    args = parser.parse_args(argv)
-    vqvae, prior = load_model(VQVAE, args.vqvae), load_model(GatedPixelCNN, args.prior)
-    if vqvae.num_codes != prior.num_codes:
-        fail(f"the prior models {prior.num_codes} codes but the VQ-VAE has {vqvae.num_codes}")
-    if args.slice is not None and not all(0 <= k < prior.num_positions for k in args.slice):
-        fail(f"--slice must be in 0..{prior.num_positions - 1}")
-    if args.n < 1 or args.temperature < 0:
-        fail("-n must be >= 1 and --temperature >= 0")
-    start = time.perf_counter()
-    slices = args.slice or [None]
-    positions = None if args.slice is None else torch.tensor(slices).repeat_interleave(args.n)
-    images, _ = generate(vqvae, prior, args.n * len(slices), positions, args.temperature, args.top_k,
-                         args.seed, args.sampler)
-    seconds = time.perf_counter() - start
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    pixels = to_uint8(images[:, 0])  # (N, H, W)
-    for k, image in enumerate(pixels):
-        Image.fromarray(image).save(out / f"sample_{k:03d}.png")
-    Image.fromarray(mosaic(pixels, columns=args.n if len(slices) > 1 else None)).save(out / "grid.png")
-    print(f"wrote {len(pixels)} samples and grid.png to {out} ({seconds:.1f} s, {args.sampler} sampler)")
+    run_or_fail(sample, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,53 +1,121 @@
-"""Where the app's weights come from: a Hugging Face Hub repo, a local directory, or the copy
-bundled under assets/models.
+"""Loading trained models: one model directory, or the app's set of weights from a local
+directory, a Hugging Face Hub repo, or the copy bundled with the app.
 
-A weights repo (or directory) holds two model directories in the Hub layout:
-``vqvae/`` and ``prior/`` (each config.json + model.safetensors); ``prior/`` may also hold
-``code_frequencies.json``, the training frequency of each code, for the app's histogram.
-Resolution order: a local directory; the Hub (through huggingface_hub's cache); the Hub cache
-alone when the network is unreachable; finally the bundled copy. The caller is told which.
+A model directory is the Hub layout ``config.json`` (the constructor's keyword arguments) +
+``model.safetensors``. Loading is strict: a missing, extra or wrongly shaped tensor is an error
+naming it (huggingface_hub's own loader skips missing tensors silently, leaving them random).
+
+A weights set holds ``vqvae/`` and ``prior/``; ``prior/`` may also hold ``code_frequencies.json``,
+the training frequency of each code, for the app's histogram. Resolution order: a local
+directory; the Hub (through huggingface_hub's cache); the Hub cache alone when the network is
+unreachable; finally the bundled copy, whose place the caller gives (the app's own folder:
+an installed package does not know where its app lives). The caller is told which was used.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import logging
+import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from safetensors.torch import load_file
 
-from .demo import Models
 from .model import VQVAE
 from .prior import GatedPixelCNN
 
-BUNDLED = Path(__file__).resolve().parents[1] / "assets" / "models"
-FREQUENCIES = "code_frequencies.json"
+CONFIG, WEIGHTS, FREQUENCIES = "config.json", "model.safetensors", "code_frequencies.json"
+PARTS = ("vqvae", "prior")
 log = logging.getLogger("brainvq")
 
 
-def from_pretrained(cls, path: str | Path):
-    """``cls.from_pretrained`` without huggingface_hub's "Loading weights from..." print, which
-    would corrupt machine-readable output such as ``train.evaluate --json``."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        return cls.from_pretrained(str(path)).eval()
+class ModelLoadError(ValueError):
+    """A model directory that cannot be loaded as the asked-for class; the message says why."""
 
 
-def is_weights_dir(path: Path) -> bool:
-    return all((path / name / "model.safetensors").is_file() for name in ("vqvae", "prior"))
+def is_model_dir(path: str | Path) -> bool:
+    return (Path(path) / CONFIG).is_file() and (Path(path) / WEIGHTS).is_file()
 
 
-def resolve_weights(source: str | None, bundled: Path = BUNDLED) -> tuple[Path, str]:
-    """-> (directory holding vqvae/ and prior/, a description of where it came from)."""
+def _names(keys) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+
+
+def load_model(cls, path: str | Path) -> torch.nn.Module:
+    """A model of class ``cls`` from a local model directory, in eval mode; strict."""
+    folder = Path(path)
+    if not is_model_dir(folder):
+        raise ModelLoadError(f"{folder} is not a model directory (needs {CONFIG} and {WEIGHTS})")
+    try:
+        config = json.loads((folder / CONFIG).read_text())
+        model = cls(**config)
+    except (ValueError, TypeError) as error:
+        raise ModelLoadError(f"{folder / CONFIG} does not describe a {cls.__name__}: {error}") from None
+    try:
+        state = load_file(folder / WEIGHTS)
+    except Exception as error:  # truncated or not a safetensors file
+        raise ModelLoadError(f"cannot read {folder / WEIGHTS} ({type(error).__name__}: {error})") from None
+    expected = model.state_dict()
+    problems = []
+    if missing := expected.keys() - state.keys():
+        problems.append(f"missing tensors {_names(missing)}")
+    if extra := state.keys() - expected.keys():
+        problems.append(f"unexpected tensors {_names(extra)}")
+    if shaped := [k for k in expected.keys() & state.keys() if expected[k].shape != state[k].shape]:
+        problems.append(f"wrongly shaped tensors {_names(shaped)}")
+    if problems:
+        raise ModelLoadError(f"{folder / WEIGHTS} does not match its {CONFIG} ({cls.__name__}): "
+                             + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def save_model(model, path: str | Path) -> Path:
+    """``model.save_pretrained`` into a temporary sibling directory, then renamed into place: a
+    model directory that exists is complete (a killed run never leaves half a model)."""
+    path = Path(path)
+    staging = path.with_name(path.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    if path.exists():
+        old = path.with_name(path.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+        os.replace(staging, path)
+        shutil.rmtree(old)
+    else:
+        os.replace(staging, path)
+    return path
+
+
+@dataclass
+class Models:
+    """The app's models and where they came from."""
+    vqvae: VQVAE
+    prior: GatedPixelCNN
+    source: str  # where the weights came from, for the log and the page (never a server path)
+    code_frequencies: np.ndarray | None = None  # training frequency of each code
+
+
+def is_weights_dir(path: str | Path | None) -> bool:
+    return path is not None and all(is_model_dir(Path(path) / name) for name in PARTS)
+
+
+def resolve_weights(source: str | None, bundled: str | Path | None) -> tuple[Path, str]:
+    """-> (directory holding vqvae/ and prior/, a short description of where it came from)."""
     if source:
         path = Path(source).expanduser()
         if path.is_dir():
             if is_weights_dir(path):
-                return path, f"local directory {path}"
+                return path, f"local directory {path.name}"
             log.warning("%s lacks vqvae/ and prior/ model directories; using the bundled weights", path)
         else:
             from huggingface_hub import snapshot_download
-            patterns = ["vqvae/*", "prior/*", "*.md"]
+            patterns = [f"{name}/*" for name in PARTS] + ["*.md"]
             try:
                 return Path(snapshot_download(source, allow_patterns=patterns)), f"Hub repo {source}"
             except Exception as error:  # offline, unknown repo, rate limit...
@@ -59,17 +127,17 @@ def resolve_weights(source: str | None, bundled: Path = BUNDLED) -> tuple[Path, 
                 log.warning("%s is not in the local Hub cache either; using the bundled weights", source)
     if not is_weights_dir(bundled):
         raise FileNotFoundError(f"no bundled weights in {bundled}")
-    return bundled, f"bundled weights ({bundled})"
+    return Path(bundled), "bundled weights"
 
 
-def load_models(source: str | None = None, bundled: Path = BUNDLED) -> Models:
+def load_models(source: str | None, bundled: str | Path | None = None) -> Models:
+    """The app's models from ``source`` (a directory or a Hub repo id), else from ``bundled``."""
     path, description = resolve_weights(source, bundled)
-    vqvae = from_pretrained(VQVAE, path / "vqvae")
-    prior = from_pretrained(GatedPixelCNN, path / "prior")
+    vqvae, prior = load_model(VQVAE, path / "vqvae"), load_model(GatedPixelCNN, path / "prior")
     if vqvae.num_codes != prior.num_codes:
-        raise ValueError(f"{path}: the prior models {prior.num_codes} codes, the VQ-VAE has {vqvae.num_codes}")
+        raise ModelLoadError(f"{path}: the prior models {prior.num_codes} codes, the VQ-VAE has {vqvae.num_codes}")
     frequencies = None
     if (path / "prior" / FREQUENCIES).is_file():
         frequencies = np.asarray(json.loads((path / "prior" / FREQUENCIES).read_text()), dtype=np.float64)
-    log.info("loaded models from %s", description)
+    log.info("loaded models from %s (%s)", description, path)
     return Models(vqvae, prior, description, frequencies)

@@ -26,6 +26,8 @@ same weights to a few rows or a single position.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
@@ -115,4 +117,31 @@ class GatedPixelCNN(nn.Module, PyTorchModelHubMixin, library_name="brainvq",
 
     def loss(self, codes, positions=None) -> torch.Tensor:
         """Mean negative log-likelihood in nats per code."""
-        return F.cross_entropy(self(codes, positions), codes)
+        return code_nll(self(codes, positions), codes)
+
+
+def code_nll(logits: torch.Tensor, codes: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Negative log-likelihood in nats of ``codes`` (B, H, W) under ``logits`` (B, K, H, W):
+    the prior's training loss (``reduction="none"`` gives it per code)."""
+    return F.cross_entropy(logits, codes, reduction=reduction)
+
+
+@torch.no_grad()
+def nll_bits(prior: nn.Module, codes: torch.Tensor, positions: torch.Tensor | None,
+             batch_size: int = 64) -> float:
+    """Mean negative log-likelihood of code grids in bits per code."""
+    prior.eval()
+    device = next(prior.parameters()).device
+    total = 0.0
+    for i in range(0, len(codes), batch_size):
+        batch = codes[i:i + batch_size].to(device)
+        pos = None if positions is None else positions[i:i + batch_size].to(device)
+        total += prior.loss(batch, pos).item() * len(batch)
+    return total / len(codes) / math.log(2)
+
+
+def unigram_bits(codes: torch.Tensor, num_codes: int) -> float:
+    """Entropy in bits of the codes' own frequencies: what a prior blind to context scores."""
+    p = torch.bincount(codes.flatten(), minlength=num_codes).double()
+    p = p[p > 0] / p.sum()
+    return float(-(p * p.log2()).sum())

@@ -227,3 +227,20 @@ def _iter_rows_cached(prior, n, positions, temperature, top_k, generator, initia
 
 
 SAMPLERS = {"cached": sample_cached, "reference": sample_reference}
+
+
+def sample_codes(prior: GatedPixelCNN, n: int, position: int | torch.Tensor | None = None,
+                 temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
+                 sampler: str = "cached", batch_size: int | None = None) -> torch.Tensor:
+    """n code grids from a seed. ``position``: one slice position for all, one per sample (n,),
+    or None (unconditional). With ``batch_size`` they are drawn in batches of that size, batch
+    b from seed + b (bounded memory for many samples)."""
+    positions = None if position is None else torch.as_tensor(position).long().expand(n)
+    size = batch_size or n
+    grids = []
+    for b, start in enumerate(range(0, n, size)):
+        chunk = None if positions is None else positions[start:start + size]
+        count = min(size, n - start)
+        grids.append(SAMPLERS[sampler](prior, count, positions=chunk, temperature=temperature, top_k=top_k,
+                                       generator=torch.Generator().manual_seed(seed + b)))
+    return torch.cat(grids)

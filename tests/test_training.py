@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from train.loop import CHECKPOINT, METRICS, RunConfig, TrainingRun, atomic_save
+from vqvae.training import CHECKPOINT, METRICS, RunConfig, TrainingRun, atomic_save
 
 
 def make_run(out, resume=False, epochs=2.0):
@@ -89,7 +89,7 @@ def test_config_needs_a_budget(tmp_path):
 
 
 def test_training_device_choice(monkeypatch):
-    from train.loop import training_device
+    from vqvae.training import training_device
     assert training_device("cpu") == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert training_device("auto") == torch.device("cpu")

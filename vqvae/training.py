@@ -1,18 +1,24 @@
-"""Training machinery shared by every trainer: time/epoch budget, learning-rate schedule,
-deterministic resumable batches, JSON-lines metrics, atomic checkpoints, progress bar.
+"""Training machinery shared by every trainer: the run configuration, time/epoch budget,
+learning-rate schedule, deterministic resumable batches, JSON-lines metrics, atomic checkpoints,
+progress bar. The trainers themselves are in ``vqvae/trainers.py``.
 
 A trainer builds its model and optimiser, then:
 
     run = TrainingRun(config, model, optimizer, dataset_size)
     while not run.finished():
         index = run.next_batch()
-        ... forward, backward, optimizer.step() at lr run.learning_rate() ...
+        ... forward, backward, optimizer.step() at lr run.apply_learning_rate() ...
         run.step_done({"loss": ...}, evaluate)
-    run.finish(evaluate)
+    run.finish(evaluate, save_dir=run.out / MODEL)
 
 ``evaluate()`` returns a dict of validation metrics; it runs every ``eval_minutes`` of training
 time and at the end, each time followed by a checkpoint. The wall-clock budget counts training
 time only, so the time-to-quality curve is not distorted by evaluation.
+
+Resuming: the checkpoint holds the model, the optimiser, the step, the training time and the RNG
+state. With an ``epochs`` budget the schedule follows the step count, so ``--resume`` continues
+bit for bit. With a ``minutes`` budget the schedule follows training time, which is never the
+same twice: a resumed run continues correctly but not bit for bit.
 
 Under ``torchrun`` (WORLD_SIZE > 1) every rank takes its own slice of each global batch
 (``batch_size`` per rank), rank 0 alone evaluates, logs and writes checkpoints, and rank 0's
@@ -25,42 +31,59 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-CHECKPOINT = "checkpoint.pt"
+from .hub import save_model
+
+# What a run directory holds, named once.
+CHECKPOINT, METRICS, RUN_CONFIG, MODEL = "checkpoint.pt", "metrics.jsonl", "run_config.json", "model"
 
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or Inf."""
-METRICS = "metrics.jsonl"
 
 
-@dataclass
+def option(default=MISSING, help: str = "", **argparse):
+    """A configuration field with its command-line help (and any other argparse keywords):
+    ``train/cli.py`` builds each trainer's arguments from these."""
+    return field(default=default, metadata={"help": help, **argparse})
+
+
+@dataclass(kw_only=True)
 class RunConfig:
-    out: str
-    minutes: float | None = None      # training-time budget; None = epochs only
-    epochs: float | None = None       # None = minutes only
-    batch_size: int = 16
-    lr: float = 2e-3
-    warmup_steps: int = 20
-    final_lr_fraction: float = 0.05   # cosine decay ends at lr * this
-    eval_minutes: float = 2.0         # also evaluate every this much training time
-    checkpoint_steps: int = 0         # also checkpoint every N steps (0 = only at evaluations)
-    device: str = "auto"              # see training_device
-    seed: int = 0
-    resume: bool = False
-    progress: bool = True
+    """Settings every trainer shares; each trainer's configuration adds its own."""
+    out: str = option(help="run directory (metrics, checkpoint, final model)")
+    minutes: float | None = option(None, "training-time budget")
+    epochs: float | None = option(None, "epoch budget")
+    batch_size: int = option(16, "images per step (per process under torchrun)")
+    lr: float = option(2e-3, "peak learning rate")
+    warmup_steps: int = option(20, "linear warm-up steps")
+    final_lr_fraction: float = option(0.05, "cosine decay ends at lr * this")
+    eval_minutes: float = option(2.0, "evaluate and checkpoint every this much training time")
+    checkpoint_steps: int = option(0, "also checkpoint (without evaluating) every N steps; 0 = off")
+    device: str = option("auto", "auto (the GPU where there is one), cpu, cuda, cuda:N")
+    seed: int = option(0, "seed of the model's start and of the batch order")
+    resume: bool = option(False, "continue from RUN_DIR/checkpoint.pt")
+    threads: int | None = option(None, "torch threads (default: all cores)")
+    compile: bool = option(False, "torch.compile the model's forward pass")
+    progress: bool = option(True, "show a progress bar")
 
     def __post_init__(self):
         if self.minutes is None and self.epochs is None:
             raise ValueError("give --minutes and/or --epochs")
         if (self.minutes is not None and self.minutes <= 0) or (self.epochs is not None and self.epochs <= 0):
             raise ValueError("--minutes and --epochs must be positive")
+
+    def start(self):
+        """Apply the process-wide settings; call before building the model (it seeds torch)."""
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        torch.manual_seed(self.seed)
 
 
 def atomic_save(obj, path: Path):
@@ -115,7 +138,7 @@ def parallel(model: torch.nn.Module, compile: bool = False) -> torch.nn.Module:
 
 class TrainingRun:
     def __init__(self, config: RunConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 dataset_size: int, extra_config: dict | None = None):
+                 dataset_size: int):
         self.config, self.model, self.optimizer = config, model, optimizer
         self.rank, self.world = distributed_setup()
         self.device = training_device(config.device)
@@ -135,7 +158,7 @@ class TrainingRun:
         elif config.resume:
             print(f"no checkpoint in {self.out}; starting fresh")
         if self.is_main:
-            self._record_config(extra_config or {})
+            (self.out / RUN_CONFIG).write_text(json.dumps(asdict(config), indent=2))
         self._tick = time.perf_counter()
         self.bar = tqdm(total=self.total_steps, initial=self.step, disable=not (config.progress and self.is_main),
                         unit="step", dynamic_ncols=True)
@@ -260,10 +283,6 @@ class TrainingRun:
             print(f"resumed from {self.out / CHECKPOINT} at step {self.step} "
                   f"({self.train_seconds / 60:.1f} training minutes)")
 
-    def _record_config(self, extra: dict):
-        with open(self.out / "run_config.json", "w") as handle:
-            json.dump({**asdict(self.config), **extra}, handle, indent=2)
-
     def finish(self, evaluate=None, save_dir: str | Path | None = None) -> dict:
         """Final evaluation and checkpoint; save the model in the Hub layout to ``save_dir``."""
         self.bar.close()
@@ -272,6 +291,19 @@ class TrainingRun:
         else:
             self.evaluate_and_checkpoint(evaluate)
         if save_dir is not None and self.is_main:
-            self.model.save_pretrained(save_dir)
+            save_model(self.model, save_dir)
             print(f"saved model to {save_dir}")
         return self.history[-1] if self.history else {}
+
+
+def load_into(model: torch.nn.Module, trained: torch.nn.Module, new: str = ""):
+    """``--init``: copy a trained model's weights into ``model``. Only tensors whose names
+    contain ``new`` (parts the trained model did not have; they keep their own start) may be
+    missing from it; any other difference raises ValueError naming the tensors."""
+    mine, theirs = model.state_dict(), trained.state_dict()
+    differ = [k for k in theirs if k not in mine or mine[k].shape != theirs[k].shape]
+    differ += [k for k in mine if k not in theirs and not (new and new in k)]
+    if differ:
+        raise ValueError(f"the --init model's architecture differs from this one: {', '.join(sorted(differ)[:3])}"
+                         + (f" and {len(differ) - 3} more" if len(differ) > 3 else ""))
+    model.load_state_dict(theirs, strict=False)

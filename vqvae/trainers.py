@@ -1,0 +1,229 @@
+"""The three trainers, each a configuration (the run's settings, from which the command line
+and the saved run config come) and a function that trains from it:
+
+- ``train_vqvae``: the VQ-VAE on slices, or only its decoder on a trained encoder's codes;
+- ``train_prior``: the gated PixelCNN on a trained VQ-VAE's code grids;
+- ``train_position_net``: the SliceCNN that predicts slice position (the generation metrics'
+  feature network).
+
+Each writes RUN_DIR/metrics.jsonl, RUN_DIR/checkpoint.pt and the final model under
+RUN_DIR/model (``vqvae/training.py``) and returns its final evaluation.
+"""
+from __future__ import annotations
+
+import json
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .codes import code_counts, codes_path, load_codes, save_codes
+from .data import load_split
+from .generation import SliceCNN, position_accuracy
+from .hub import CONFIG, FREQUENCIES, load_model
+from .metrics import evaluate_reconstructions, ssim_torch
+from .model import VQVAE
+from .prior import GatedPixelCNN, code_nll, nll_bits, unigram_bits
+from .training import MODEL, RunConfig, TrainingRun, distributed_setup, load_into, option, parallel
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    data: str = option(help="OASIS root, or a folder with train/ and validate/ splits")
+    limit: int | None = option(None, "read only the first N images of each split")
+
+
+# -- the VQ-VAE ------------------------------------------------------------------------------
+
+@dataclass(kw_only=True)
+class VQVAETraining(RunConfig, DataConfig):
+    downsample: int = option(8, "downsampling factor f: codes are (256/f)^2", choices=(4, 8, 16))
+    codes: int = option(512, "codebook size K")
+    code_dim: int = option(64, "dimension of each codebook vector")
+    base_channels: int = option(16, "channels of the outermost encoder/decoder stage")
+    hidden_channels: int = option(64, "channels at the code resolution")
+    res_blocks: int = option(2, "residual blocks at the code resolution")
+    refine_blocks: int = option(0, "residual blocks after each inner upsampling stage of the decoder")
+    init: str | None = option(None, "start from this trained VQ-VAE (its architecture; refinement blocks it "
+                                    "lacks start as the identity)")
+    decoder_only: bool = option(False, "train only the decoder; needs --init (encoder and codebook stay frozen)")
+    pixel_loss: str = option("mse", "pixel term of the loss", choices=("mse", "l1"))
+    ssim_weight: float = option(1.0, "loss = pixel loss + w * (1 - SSIM) + commitment (Zhao et al. 2017)")
+    bf16: bool = option(False, "bf16 autocast (the quantiser stays fp32)")
+    channels_last: bool = option(True, "channels-last memory format (faster convolutions on CPUs)")
+    eval_images: int = option(256, "validate images used by the periodic evaluation (0 = all)")
+    skip_bad: bool = option(False, "leave out unreadable or wrongly sized images (with a warning and a count)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.decoder_only and not self.init:
+            raise ValueError("--decoder-only needs --init: the codes come from a trained encoder")
+
+
+def build_vqvae(config: VQVAETraining) -> VQVAE:
+    """A new VQ-VAE, or (``init``) the trained one's architecture with at least
+    ``refine_blocks`` refinement blocks, its weights copied in (new blocks are the identity)."""
+    if not config.init:
+        return VQVAE(downsample=config.downsample, num_codes=config.codes, code_dim=config.code_dim,
+                     base_channels=config.base_channels, hidden_channels=config.hidden_channels,
+                     res_blocks=config.res_blocks, refine_blocks=config.refine_blocks)
+    trained = load_model(VQVAE, config.init)
+    settings = json.loads((Path(config.init) / CONFIG).read_text())
+    model = VQVAE(**{**settings, "refine_blocks": max(config.refine_blocks, settings.get("refine_blocks", 0))})
+    load_into(model, trained, new=".refine.")
+    return model
+
+
+def train_vqvae(config: VQVAETraining) -> dict:
+    config.start()
+    train, validate = (load_split(config.data, split, limit=config.limit, progress=config.progress,
+                                  skip_bad=config.skip_bad) for split in ("train", "validate"))
+    model = build_vqvae(config)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    if config.decoder_only:
+        model.encoder.requires_grad_(False)
+        model.quantizer.requires_grad_(False)
+    trained = model.decoder if config.decoder_only else model
+    optimizer = torch.optim.Adam(trained.parameters(), lr=config.lr)
+    run = TrainingRun(config, model, optimizer, len(train))  # a resumed run's weights replace --init's
+    # after TrainingRun: a resumed model is loaded before DDP copies it
+    forward = parallel(trained, config.compile)
+    autocast = (lambda: torch.autocast(run.device.type, dtype=torch.bfloat16)) if config.bf16 else nullcontext
+
+    # A fixed, evenly spread subset keeps periodic evaluation cheap and comparable over time.
+    n_eval = len(validate) if config.eval_images <= 0 else min(config.eval_images, len(validate))
+    eval_images = validate.images[torch.linspace(0, len(validate) - 1, n_eval).long()]
+
+    def evaluate():
+        metrics = evaluate_reconstructions(model, eval_images)
+        return {k: metrics[k] for k in ("ssim", "ssim_brain", "psnr", "usage", "perplexity")}
+
+    model.train()
+    while not run.finished():
+        x = train.batch(run.next_batch()).to(run.device, memory_format=memory_format, non_blocking=True)
+        run.apply_learning_rate()
+        with autocast():
+            if config.decoder_only:  # the frozen encoder's codes, exactly as a prior sees them
+                codes = model.encode(x)
+                reconstruction, commit_loss = forward(model.quantizer.lookup(codes)), 0.0
+            else:
+                reconstruction, commit_loss, codes = forward(x)
+        reconstruction = reconstruction.float()
+        pixel = (F.l1_loss if config.pixel_loss == "l1" else F.mse_loss)(reconstruction, x)
+        loss = pixel + commit_loss
+        if config.ssim_weight:
+            loss = loss + config.ssim_weight * (1 - ssim_torch(reconstruction, x).mean())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        used = torch.unique(codes).numel() / model.num_codes
+        run.step_done({"loss": loss.item(), "batch_usage": used}, evaluate)
+    return run.finish(evaluate, save_dir=run.out / MODEL)
+
+
+# -- the prior -------------------------------------------------------------------------------
+
+@dataclass(kw_only=True)
+class PriorTraining(RunConfig, DataConfig):
+    vqvae: str = option(help="trained VQ-VAE model directory (its codes are what the prior learns)")
+    batch_size: int = option(32, "code grids per step (per process under torchrun)")
+    channels: int = option(64, "channels of the gated layers")
+    layers: int = option(10, "gated layers")
+    kernel: int = option(5, "kernel size of the gated convolutions")
+    coordinates: int = option(32, "channels of the learned location map the gates see (0 = none; see vqvae/prior.py)")
+    init: str | None = option(None, "start from this trained prior's weights (same channels, layers and kernel); "
+                                    "a location map it lacks starts at zero")
+    drop_position: float = option(0.1, "train this fraction without the slice position, for unconditional sampling")
+
+
+def prepare_codes(config: PriorTraining, vqvae: VQVAE) -> dict[str, dict]:
+    """The splits' code grids: encoded once into RUN_DIR/codes_<split>.npz (reused on resume)."""
+    rank, world = distributed_setup()
+    for split in ("train", "validate"):
+        path = codes_path(config.out, split)
+        if rank == 0 and not (config.resume and path.exists()):
+            slices = load_split(config.data, split, limit=config.limit, progress=config.progress)
+            save_codes(vqvae, slices, path, progress=config.progress)
+    if world > 1:
+        torch.distributed.barrier()  # the other ranks read the codes rank 0 wrote
+    return {split: load_codes(codes_path(config.out, split)) for split in ("train", "validate")}
+
+
+def train_prior(config: PriorTraining) -> dict:
+    """Validation reports the negative log-likelihood in bits per code beside two baselines on
+    the same split: uniform (log2 K) and the entropy of the split's own code frequencies."""
+    config.start()
+    vqvae = load_model(VQVAE, config.vqvae)
+    splits = prepare_codes(config, vqvae)
+    train, validate = splits["train"], splits["validate"]
+    prior = GatedPixelCNN(num_codes=vqvae.num_codes, channels=config.channels, layers=config.layers,
+                          kernel=config.kernel, grid_size=train["codes"].shape[-1], coordinates=config.coordinates)
+    if config.init:
+        load_into(prior, load_model(GatedPixelCNN, config.init), new="coordinate")
+    optimizer = torch.optim.Adam(prior.parameters(), lr=config.lr)
+    run = TrainingRun(config, prior, optimizer, len(train["codes"]))
+    forward = parallel(prior, config.compile)
+    baselines = {"uniform_bits": math.log2(vqvae.num_codes),
+                 "unigram_bits": unigram_bits(validate["codes"], vqvae.num_codes)}
+
+    def evaluate():
+        return {"nll_bits": nll_bits(prior, validate["codes"], validate["positions"]),
+                "nll_bits_no_position": nll_bits(prior, validate["codes"], None), **baselines}
+
+    prior.train()
+    while not run.finished():
+        index = run.next_batch()
+        codes, positions = train["codes"][index], train["positions"][index].clone()
+        positions[torch.rand(len(index)) < config.drop_position] = -1
+        codes, positions = codes.to(run.device), positions.to(run.device)
+        run.apply_learning_rate()
+        loss = code_nll(forward(codes, positions), codes)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        run.step_done({"bits": loss.item() / math.log(2)}, evaluate)
+    final = run.finish(evaluate, save_dir=run.out / MODEL)
+    if run.is_main:  # the app's histogram compares a slice's codes with how often training used them
+        counts = code_counts(train["codes"], vqvae.num_codes)
+        (run.out / MODEL / FREQUENCIES).write_text(json.dumps(counts.tolist()))
+    return final
+
+
+# -- the position network --------------------------------------------------------------------
+
+@dataclass(kw_only=True)
+class PositionNetTraining(RunConfig, DataConfig):
+    batch_size: int = option(32, "slices per step (per process under torchrun)")
+
+
+def train_position_net(config: PositionNetTraining) -> dict:
+    """Validation reports exact accuracy over the positions and accuracy within one position
+    (neighbouring slices look alike)."""
+    config.start()
+    train, validate = (load_split(config.data, split, limit=config.limit, progress=config.progress)
+                       for split in ("train", "validate"))
+    if (train.positions < 0).any() or (validate.positions < 0).any():
+        raise ValueError("slice positions come from OASIS file names (case_<subject>_slice_<k>); "
+                         "some files here do not have them")
+    model = SliceCNN(num_classes=int(train.positions.max()) + 1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    run = TrainingRun(config, model, optimizer, len(train))
+    forward = parallel(model, config.compile)
+
+    def evaluate():
+        return position_accuracy(model, validate.images, validate.positions)
+
+    model.train()
+    while not run.finished():
+        index = run.next_batch()
+        run.apply_learning_rate()
+        loss = F.cross_entropy(forward(train.images[index].to(run.device)), train.positions[index].to(run.device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        run.step_done({"loss": loss.item()}, evaluate)
+    return run.finish(evaluate, save_dir=run.out / MODEL)

@@ -1,0 +1,173 @@
+"""What a user uploads, made into the 256x256 uint8 slice the models take.
+
+Every check happens on what a file *decodes to*, before decoding it: a 1.6 KB PNG can claim
+8 x 200000 pixels and a 2 MB ``.nii.gz`` can hold 400 million zeros, so sizes are read from the
+image or NIfTI header and refused before any pixel is allocated. Every problem raises
+``InputError`` with a message meant for the user.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .data import DataError, to_grayscale_uint8
+
+SIZE = 256
+MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+MAX_PIXELS = 8192 * 8192     # a 2-D image, decoded
+MAX_SIDE = 8192              # either side of an image or of a volume's slice
+MAX_ASPECT = 8               # longer side / shorter side: padding to a square costs longer side ** 2
+MAX_VOXELS = 256 * 256 * 256  # a whole NIfTI volume (64 MB as float32); OASIS volumes have 6.4 M
+
+
+class InputError(ValueError):
+    """A problem with what the user gave; the message is shown to them as is."""
+
+
+def check_shape(width: int, height: int, what: str = "image"):
+    """Refuse sizes whose processing would cost too much, before anything is allocated."""
+    if min(width, height) < 8:
+        raise InputError(f"the {what} is only {width}x{height} pixels")
+    if width * height > MAX_PIXELS:
+        raise InputError(f"the {what} is {width}x{height} pixels; the limit is {MAX_PIXELS // 10**6} megapixels")
+    if max(width, height) > MAX_SIDE:
+        raise InputError(f"the {what} is {width}x{height} pixels; each side may be at most {MAX_SIDE}")
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise InputError(f"the {what} is {width}x{height} pixels; its sides may differ by at most {MAX_ASPECT}x")
+
+
+def fit_to_square(image: np.ndarray, size: int = SIZE) -> tuple[np.ndarray, str]:
+    """Pad a (H, W) uint8 image with black to a centred square, then resize to size x size.
+    Padding (not cropping or stretching) keeps the whole head and its proportions.
+    Returns the image and a note saying what was done."""
+    h, w = image.shape
+    if (h, w) == (size, size):
+        return image, f"{size}x{size}: used as is"
+    check_shape(w, h)  # the square below costs max(h, w) ** 2 bytes
+    side = max(h, w)
+    square = np.zeros((side, side), np.uint8)
+    top, left = (side - h) // 2, (side - w) // 2
+    square[top:top + h, left:left + w] = image
+    resized = np.asarray(Image.fromarray(square).resize((size, size), Image.BICUBIC))
+    padded = " padded to a square and" if h != w else ""
+    return resized, f"{w}x{h}:{padded} resized to {size}x{size}"
+
+
+def _check_file(path: Path):
+    if not path.is_file():
+        raise InputError("no file was uploaded")
+    size = path.stat().st_size
+    if size == 0:
+        raise InputError("the uploaded file is empty")
+    if size > MAX_UPLOAD_BYTES:
+        raise InputError(f"the file is {size / 2**20:.0f} MB; the limit is {MAX_UPLOAD_BYTES // 2**20} MB")
+
+
+def is_nifti(path: str | Path) -> bool:
+    return str(path).lower().endswith((".nii", ".nii.gz"))
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """A PNG/JPEG upload as a (H, W) uint8 array, any mode or bit depth."""
+    path = Path(path)
+    _check_file(path)
+    try:
+        with Image.open(path) as image:
+            check_shape(image.width, image.height)  # from the header: nothing decoded yet
+            image.load()
+            return to_grayscale_uint8(image)
+    except InputError:
+        raise
+    except Image.DecompressionBombError:
+        raise InputError(f"the image is far too large; the limit is {MAX_PIXELS // 10**6} megapixels") from None
+    except DataError as error:
+        raise InputError(f"cannot use this image: {error}") from None
+    except Exception as error:  # PIL raises many types for corrupt or non-image files
+        raise InputError(f"this is not a readable PNG or JPEG image ({type(error).__name__})") from None
+
+
+class NiftiVolume:
+    """A NIfTI file opened by its header only: shape checked against the limits, voxels read a
+    slice at a time. Axial slices are on the last axis."""
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        _check_file(path)
+        try:
+            import nibabel
+        except ImportError:
+            raise InputError("reading NIfTI needs the nibabel package (pip install nibabel)") from None
+        try:
+            self.image = nibabel.load(str(path))
+            shape = tuple(int(s) for s in self.image.shape)
+            dtype = np.dtype(self.image.get_data_dtype())
+        except Exception as error:
+            raise InputError(f"this is not a readable NIfTI volume ({type(error).__name__})") from None
+        if dtype.kind not in "biuf":
+            raise InputError(f"the NIfTI volume holds {dtype} values; expected real numbers")
+        while len(shape) > 3 and shape[-1] == 1:  # trailing singleton axes (time, ...) carry nothing
+            shape = shape[:-1]
+        if len(shape) == 2:
+            shape = shape + (1,)
+        if len(shape) != 3:
+            raise InputError(f"expected a 3-D NIfTI volume, got {len(shape)} dimensions {shape}")
+        if 0 in shape:
+            raise InputError(f"the NIfTI volume is empty (shape {shape})")
+        voxels = int(np.prod(shape, dtype=np.int64))
+        if voxels > MAX_VOXELS:
+            raise InputError(f"the NIfTI volume is {'x'.join(map(str, shape))} = {voxels / 1e6:.0f} M voxels; "
+                             f"the limit is {MAX_VOXELS / 1e6:.1f} M")
+        check_shape(shape[0], shape[1], "volume's slice")
+        self.shape = shape
+        self._range = None
+
+    @property
+    def count(self) -> int:
+        return self.shape[2]
+
+    def _slices(self, start: int, stop: int) -> np.ndarray:
+        data = self.image.dataobj
+        index = (slice(None), slice(None), slice(start, stop)) + (0,) * (len(self.image.shape) - 3)
+        if len(self.image.shape) == 2:
+            block = np.asarray(data, dtype=np.float32)[..., None]
+        else:
+            block = np.asarray(data[index], dtype=np.float32)
+        if not np.isfinite(block).all():
+            raise InputError("the NIfTI volume contains NaN or Inf values")
+        return block
+
+    def intensity_range(self) -> tuple[float, float]:
+        """The volume's min and max, read in slabs (memory stays a slab's)."""
+        if self._range is None:
+            low, high = np.inf, -np.inf
+            for start in range(0, self.count, 16):
+                block = self._slices(start, start + 16)
+                low, high = min(low, float(block.min())), max(high, float(block.max()))
+            self._range = (low, high)
+        return self._range
+
+    def slice_uint8(self, index: int) -> np.ndarray:
+        """Axial slice ``index`` as uint8, scaled by the whole volume's range (one rule for a
+        slice and for the volume it belongs to), rotated to the usual radiological view."""
+        index = int(np.clip(index, 0, self.count - 1))
+        low, high = self.intensity_range()
+        pixels = self._slices(index, index + 1)[:, :, 0]
+        scaled = (pixels - low) / (high - low) if high > low else np.zeros_like(pixels)
+        return np.round(np.rot90(scaled) * 255).astype(np.uint8)
+
+
+def read_upload(path: str | Path | None, slice_index: int | None = None) -> tuple[np.ndarray, str, int, int]:
+    """Any supported upload -> (256x256 uint8 slice, note for the user, number of slices, the
+    slice used). A NIfTI volume gives its middle axial slice unless ``slice_index`` is set."""
+    if path is None:
+        raise InputError("upload a slice first (PNG, JPEG or NIfTI)")
+    if is_nifti(path):
+        volume = NiftiVolume(path)
+        count = volume.count
+        index = int(np.clip(count // 2 if slice_index is None else slice_index, 0, count - 1))
+        image, note = fit_to_square(volume.slice_uint8(index))
+        return image, f"NIfTI slice {index} of {count}, {note}", count, index
+    image, note = fit_to_square(read_image(path))
+    return image, note, 1, 0
