@@ -1,9 +1,11 @@
-"""Two CPU processes with gloo: the codebooks stay identical and training progresses."""
+"""Two CPU processes with gloo: the EMA statistics are those of the combined batch, the codebooks
+stay identical, and training progresses."""
 import json
 import os
 import socket
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -19,9 +21,66 @@ def free_port():
         return s.getsockname()[1]
 
 
+TIMEOUT = timedelta(seconds=90)  # a collective that never completes fails well inside pytest's 300 s
+
+# The EMA comparison: a batch of encoder outputs split between the ranks must update the codebook
+# exactly as one process updates it on the whole batch. Initialisation and restarts draw random
+# rows (rank 0's, broadcast), so both are fixed here: the codebook starts from the same values in
+# every process and dead_threshold=0 turns restarts off, leaving only the summed statistics.
+CODES, DIM, STEPS, BATCH = 8, 4, 3, 4
+
+
+def _quantiser():
+    from vqvae.quantizer import VectorQuantizer
+    quantiser = VectorQuantizer(num_codes=CODES, code_dim=DIM, decay=0.8, data_init=False, dead_threshold=0)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        quantiser.codebook.copy_(torch.randn(CODES, DIM, generator=generator))
+        quantiser.ema_sum.copy_(quantiser.codebook)
+        quantiser.ema_count.fill_(1.0)
+        quantiser.initialised.fill_(True)
+    return quantiser.train()
+
+
+def _batches():
+    """STEPS batches of BATCH encoder outputs (B, D, H, W), the same in every process."""
+    return torch.randn(STEPS, BATCH, DIM, 4, 4, generator=torch.Generator().manual_seed(2))
+
+
+def _ema_state(quantiser, batches):
+    for batch in batches:
+        quantiser(batch)
+    return {name: getattr(quantiser, name).tolist() for name in ("codebook", "ema_count", "ema_sum")}
+
+
+def _ema_worker(rank, world, port, results):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=TIMEOUT)
+    share = BATCH // world
+    results.put((rank, _ema_state(_quantiser(), _batches()[:, rank * share:(rank + 1) * share])))
+    dist.destroy_process_group()
+
+
+def test_two_ranks_update_the_codebook_as_one_process_on_the_combined_batch():
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    mp.start_processes(_ema_worker, args=(2, free_port(), results), nprocs=2, join=True, start_method="spawn")
+    ranks = dict(results.get(timeout=30) for _ in range(2))
+    combined = _ema_state(_quantiser(), _batches())  # one process (no process group), whole batches
+    first_half = _ema_state(_quantiser(), _batches()[:, :BATCH // 2])  # what a broadcast would give
+    for name, expected in combined.items():
+        expected = torch.tensor(expected)
+        # the halves alone give other statistics, so the comparison below can tell sum from copy
+        assert not torch.allclose(torch.tensor(first_half[name]), expected, rtol=1e-3, atol=1e-3), name
+        for rank, state in ranks.items():
+            assert torch.allclose(torch.tensor(state[name]), expected, rtol=1e-5, atol=1e-5), (name, rank)
+
+
 def _worker(rank, world, port, results):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=TIMEOUT)
     from torch.nn.parallel import DistributedDataParallel
 
     from vqvae.model import VQVAE
@@ -54,7 +113,7 @@ def test_two_gloo_processes_share_one_codebook_and_learn():
     context = mp.get_context("spawn")
     results = context.Queue()
     mp.start_processes(_worker, args=(2, free_port(), results), nprocs=2, join=True, start_method="spawn")
-    outcome = results.get(timeout=10)
+    outcome = results.get(timeout=30)
     assert outcome["codebooks_equal"] and outcome["weights_equal"]
     assert outcome["last"] < 0.7 * outcome["first"]
 

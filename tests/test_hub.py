@@ -1,10 +1,21 @@
 """Weights resolution without a network: a local directory, a pre-filled Hub cache, fallbacks."""
+import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
+import huggingface_hub
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
 
 from tests.conftest import BUNDLED
 from vqvae import hub
+from vqvae.hub import ModelLoadError, load_model
+from vqvae.model import VQVAE
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_local_directory(tiny_weights):
@@ -13,7 +24,7 @@ def test_local_directory(tiny_weights):
     assert models.code_frequencies is not None and models.code_frequencies.sum() == 136
 
 
-def test_prefilled_hub_cache_is_used_offline(tiny_weights, tmp_path, monkeypatch):
+def test_prefilled_hub_cache_is_used_when_the_network_fails(tiny_weights, tmp_path, monkeypatch):
     # Lay out a Hub cache entry by hand, exactly as huggingface_hub stores a download.
     cache = tmp_path / "hub"
     repo = cache / "models--someone--brainvq"
@@ -21,12 +32,30 @@ def test_prefilled_hub_cache_is_used_offline(tiny_weights, tmp_path, monkeypatch
     shutil.copytree(tiny_weights, repo / "snapshots" / commit)
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    # Not offline mode: in offline mode the first (online) call already answers from the cache
+    # and the fallback never runs. Here the online call fails as an unreachable network does.
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    real = huggingface_hub.snapshot_download
+    calls = []
+
+    def snapshot_download(*args, **kwargs):
+        calls.append(kwargs.get("local_files_only"))
+        if kwargs.get("local_files_only") is not True:
+            raise ConnectionError("simulated: cannot reach huggingface.co")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     path, source = hub.resolve_weights("someone/brainvq", bundled=tmp_path / "none")
-    assert path == repo / "snapshots" / commit and "someone/brainvq" in source
-    assert hub.load_models("someone/brainvq", None).vqvae.num_codes == 16
+    assert Path(path) == repo / "snapshots" / commit
+    assert "someone/brainvq" in source and "(from the local cache)" in source
+    # the online call was tried first and failed; the cache-only call answered
+    assert len(calls) == 2 and calls[0] is not True and calls[1] is True
+    calls.clear()
+    models = hub.load_models("someone/brainvq", None)
+    assert models.vqvae.num_codes == 16 and "(from the local cache)" in models.source
+    assert len(calls) == 2
 
 
 def test_unreachable_repo_falls_back_to_bundled(tiny_weights, tmp_path, monkeypatch, caplog):
@@ -45,3 +74,78 @@ def test_no_weights_anywhere_is_a_clear_error(tmp_path):
 def test_bundled_weights_load_when_shipped():
     models = hub.load_models(None, BUNDLED)
     assert models.source.startswith("bundled") and models.vqvae.num_codes == models.prior.num_codes
+
+
+# Strict loading: a model directory whose weights do not match its config.json is an error
+# naming the tensors, never a model with silently random (or ignored) layers.
+
+def _vqvae_copy(tiny_weights, tmp_path, edit=None) -> Path:
+    """A copy of the tiny VQ-VAE model directory, its tensors passed through ``edit``."""
+    folder = tmp_path / "vqvae"
+    shutil.copytree(tiny_weights / "vqvae", folder)
+    if edit is not None:
+        state = load_file(folder / hub.WEIGHTS)
+        save_file(edit(dict(state)), folder / hub.WEIGHTS)
+    return folder
+
+
+def test_intact_copy_loads(tiny_weights, tmp_path):
+    # the edits below are the only reason the other copies fail
+    assert load_model(VQVAE, _vqvae_copy(tiny_weights, tmp_path)).num_codes == 16
+
+
+def _without_encoder(state):
+    kept = {k: v for k, v in state.items() if not k.startswith("encoder.")}
+    assert len(kept) < len(state)
+    return kept
+
+
+def test_missing_tensors_are_named(tiny_weights, tmp_path):
+    folder = _vqvae_copy(tiny_weights, tmp_path, _without_encoder)
+    with pytest.raises(ModelLoadError) as error:
+        load_model(VQVAE, folder)
+    assert "missing tensors" in str(error.value) and "encoder." in str(error.value)
+    assert "unexpected" not in str(error.value) and "wrongly shaped" not in str(error.value)
+
+
+def test_unexpected_tensors_are_named(tiny_weights, tmp_path):
+    folder = _vqvae_copy(tiny_weights, tmp_path, lambda state: {**state, "stray.weight": torch.zeros(3)})
+    with pytest.raises(ModelLoadError) as error:
+        load_model(VQVAE, folder)
+    assert "unexpected tensors" in str(error.value) and "stray.weight" in str(error.value)
+    assert "missing" not in str(error.value)
+
+
+def test_wrongly_shaped_tensors_are_named(tiny_weights, tmp_path):
+    name = "quantizer.codebook"
+
+    def reshaped(state):
+        assert name in state
+        return {**state, name: torch.zeros(state[name].shape[0] + 1, state[name].shape[1])}
+
+    folder = _vqvae_copy(tiny_weights, tmp_path, reshaped)
+    with pytest.raises(ModelLoadError) as error:
+        load_model(VQVAE, folder)
+    assert "wrongly shaped" in str(error.value) and name in str(error.value)
+    assert "missing" not in str(error.value) and "unexpected" not in str(error.value)
+
+
+def test_unknown_config_key_is_a_load_error(tiny_weights, tmp_path):
+    folder = _vqvae_copy(tiny_weights, tmp_path)
+    config = json.loads((folder / hub.CONFIG).read_text())
+    (folder / hub.CONFIG).write_text(json.dumps({**config, "no_such_option": 3}))
+    with pytest.raises(ModelLoadError, match="config.json"):
+        load_model(VQVAE, folder)
+
+
+def test_evaluate_cli_reports_a_broken_model_in_one_line(tiny_weights, tmp_path):
+    folder = _vqvae_copy(tiny_weights, tmp_path, _without_encoder)
+    (tmp_path / "data").mkdir()
+    result = subprocess.run([sys.executable, "-m", "train.evaluate", "--model", str(folder),
+                             "--data", str(tmp_path / "data")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "missing tensors" in result.stderr and "Traceback" not in result.stderr + result.stdout
+    # one line says why (warnings printed by imported libraries may stand beside it)
+    errors = [line for line in result.stderr.splitlines() if "missing tensors" in line]
+    assert len(errors) == 1 and errors[0].startswith("error:"), result.stderr

@@ -18,9 +18,10 @@ from vqvae.metrics import evaluate_reconstructions
 from vqvae.model import VQVAE
 from vqvae.prior import GatedPixelCNN, nll_bits, unigram_bits
 
-TINY_VQVAE = ["--codes", "16", "--code-dim", "8", "--base-channels", "4", "--hidden-channels", "8",
-              "--batch-size", "4", "--no-progress", "--threads", "1"]
-TINY_PRIOR = ["--channels", "8", "--layers", "2", "--batch-size", "4", "--no-progress", "--threads", "1"]
+from vqvae.testing import TINY_VQVAE  # noqa: E402  (pins --precision fp32: runs compare bit for bit)
+
+TINY_PRIOR = ["--channels", "8", "--layers", "2", "--batch-size", "4", "--no-progress", "--threads", "1",
+              "--precision", "fp32"]
 
 
 @pytest.fixture(scope="module")
@@ -247,3 +248,37 @@ def test_model_card_follows_init_back_to_the_first_run(tmp_path):
     stages = push_to_hub.training_stages(json.loads((second / "run_config.json").read_text()))
     assert stages == ["30 minutes, batch 16, lr 0.002, seed 0",
                       "20 minutes of the decoder only, batch 16, lr 0.001, seed 0"]
+
+
+def test_reconstruct_refuses_to_overwrite_inputs_or_its_own_outputs(trained, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.full((256, 256), 90, np.uint8)).save(folder / name)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    same = run_cli("train.reconstruct", "--model", str(trained / "vqvae" / "model"),
+                   "--input", str(folder), "--out", str(folder))
+    assert same.returncode != 0 and "is the input folder" in same.stderr and "Traceback" not in same.stderr
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # inputs untouched
+    Image.fromarray(np.full((256, 256), 30, np.uint8)).save(folder / "a.jpg")
+    clash = run_cli("train.reconstruct", "--model", str(trained / "vqvae" / "model"),
+                    "--input", str(folder), "--out", str(tmp_path / "out"))
+    assert clash.returncode != 0 and "several extensions" in clash.stderr and "a" in clash.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_precision_auto_is_timed_logged_and_kept_on_resume(oasis_like, tmp_path, capsys):
+    unpinned = [a for a in TINY_VQVAE if a not in ("--precision", "fp32")]
+    run = tmp_path / "auto"
+    vqvae.main(["--data", str(oasis_like), "--out", str(run), "--epochs", "1", *unpinned])
+    assert "precision auto: one step takes fp32" in capsys.readouterr().out
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    chosen = next(r for r in records if r["kind"] == "precision")
+    assert chosen["chosen"] == min(("fp32", "bf16"), key=lambda p: chosen[f"{p}_seconds"])
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["precision"] == chosen["chosen"]
+    vqvae.main(["--data", str(oasis_like), "--out", str(run), "--epochs", "2", "--resume", *unpinned])
+    assert "precision auto" not in capsys.readouterr().out  # the checkpoint's choice, not a new one
+    assert json.loads((run / "run_config.json").read_text())["precision"] == "auto"
+    pinned = tmp_path / "pinned"
+    vqvae.main(["--data", str(oasis_like), "--out", str(pinned), "--epochs", "1", "--bf16", *unpinned])
+    assert torch.load(pinned / "checkpoint.pt", weights_only=True)["precision"] == "bf16"

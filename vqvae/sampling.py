@@ -229,6 +229,39 @@ def _iter_rows_cached(prior, n, positions, temperature, top_k, generator, initia
 SAMPLERS = {"cached": sample_cached, "reference": sample_reference}
 
 
+@torch.no_grad()
+def teacher_forced_picks(prior: GatedPixelCNN, codes: torch.Tensor, positions=None, temperature: float = 1.0,
+                         top_k: int | None = None, seed: int = 0, keep_rows: int = 0):
+    """What ``sample_reference`` with ``torch.Generator().manual_seed(seed)`` picks at every
+    position when the codes before it are ``codes``: one forward pass gives every position's
+    logits (they depend only on earlier codes), and the random stream is drawn as the samplers
+    draw it. Returns (picks (n, H, W), margin (n, H, W): the gap between the best and second-best
+    perturbed score of each pick, small where a tiny logit difference could flip it).
+
+    If ``picks`` equals ``codes`` everywhere from row ``keep_rows`` on, the reference sampler run
+    with that seed returns exactly ``codes`` (by induction over positions): an exact check of a
+    faster sampler at the cost of one forward pass."""
+    prior.eval()
+    n, size = codes.shape[0], prior.grid_size
+    _, positions = _start(prior, n, positions, None, 0)
+    logits = prior(codes, positions).double().cpu().numpy()  # (n, K, H, W)
+    generator = torch.Generator().manual_seed(seed)
+    picks, margin = codes.clone().cpu(), torch.full(codes.shape, float("inf"), dtype=torch.float64)
+    for i in range(keep_rows, size):
+        uniforms = torch.rand((size, n, prior.num_codes), generator=generator, dtype=torch.float64).numpy()
+        for j in range(size):
+            row_logits = logits[:, :, i, j]
+            picks[:, i, j] = torch.from_numpy(_gumbel_argmax(row_logits, uniforms[j], temperature, top_k))
+            if temperature > 0:
+                scores = row_logits / temperature - np.log(-np.log(np.maximum(uniforms[j], 1e-300)))
+                if top_k is not None and 0 < top_k < prior.num_codes:
+                    kth = np.partition(row_logits, -top_k, axis=1)[:, -top_k][:, None]
+                    scores = np.where(row_logits < kth, -np.inf, scores)
+                top2 = np.sort(scores, axis=1)[:, -2:]
+                margin[:, i, j] = torch.from_numpy(top2[:, 1] - top2[:, 0])
+    return picks, margin
+
+
 def sample_codes(prior: GatedPixelCNN, n: int, position: int | torch.Tensor | None = None,
                  temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
                  sampler: str = "cached", batch_size: int | None = None) -> torch.Tensor:

@@ -139,7 +139,7 @@ def write(folder: Path, name: str, make) -> Path:
 # -- crash safety ----------------------------------------------------------------------------
 
 TINY_VQVAE = ["--codes", "16", "--code-dim", "8", "--base-channels", "4", "--hidden-channels", "8",
-              "--batch-size", "4", "--no-progress", "--threads", "1"]
+              "--batch-size", "4", "--no-progress", "--threads", "1", "--precision", "fp32"]
 
 
 def train_command(data, out, *extra, epochs: int = 6) -> list[str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +51,7 @@ class VQVAETraining(RunConfig, DataConfig):
     decoder_only: bool = option(False, "train only the decoder; needs --init (encoder and codebook stay frozen)")
     pixel_loss: str = option("mse", "pixel term of the loss", choices=("mse", "l1"))
     ssim_weight: float = option(1.0, "loss = pixel loss + w * (1 - SSIM) + commitment (Zhao et al. 2017)")
-    bf16: bool = option(False, "bf16 autocast (the quantiser stays fp32)")
+    bf16: bool = option(False, "the same as --precision bf16 (the quantiser stays fp32)")
     channels_last: bool = option(True, "channels-last memory format (faster convolutions on CPUs)")
     eval_images: int = option(256, "validate images used by the periodic evaluation (0 = all)")
     skip_bad: bool = option(False, "leave out unreadable or wrongly sized images (with a warning and a count)")
@@ -61,6 +60,8 @@ class VQVAETraining(RunConfig, DataConfig):
         super().__post_init__()
         if self.decoder_only and not self.init:
             raise ValueError("--decoder-only needs --init: the codes come from a trained encoder")
+        if self.bf16:
+            self.precision = "bf16"
 
 
 def build_vqvae(config: VQVAETraining) -> VQVAE:
@@ -75,6 +76,24 @@ def build_vqvae(config: VQVAETraining) -> VQVAE:
     model = VQVAE(**{**settings, "refine_blocks": max(config.refine_blocks, settings.get("refine_blocks", 0))})
     load_into(model, trained, new=".refine.")
     return model
+
+
+def vqvae_loss(model: VQVAE, forward, x: torch.Tensor, config: VQVAETraining, context) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (loss, codes): pixel loss + w * (1 - SSIM) + commitment. ``forward`` is what trains
+    (the model, or its decoder alone, possibly wrapped for DDP); it runs inside ``context``
+    (autocast or not), the loss in fp32."""
+    with context:
+        if config.decoder_only:  # the frozen encoder's codes, exactly as a prior sees them
+            codes = model.encode(x)
+            reconstruction, commit_loss = forward(model.quantizer.lookup(codes)), 0.0
+        else:
+            reconstruction, commit_loss, codes = forward(x)
+    reconstruction = reconstruction.float()
+    pixel = (F.l1_loss if config.pixel_loss == "l1" else F.mse_loss)(reconstruction, x)
+    loss = pixel + commit_loss
+    if config.ssim_weight:
+        loss = loss + config.ssim_weight * (1 - ssim_torch(reconstruction, x).mean())
+    return loss, codes
 
 
 def train_vqvae(config: VQVAETraining) -> dict:
@@ -92,7 +111,12 @@ def train_vqvae(config: VQVAETraining) -> dict:
     run = TrainingRun(config, model, optimizer, len(train))  # a resumed run's weights replace --init's
     # after TrainingRun: a resumed model is loaded before DDP copies it
     forward = parallel(trained, config.compile)
-    autocast = (lambda: torch.autocast(run.device.type, dtype=torch.bfloat16)) if config.bf16 else nullcontext
+
+    def batch(index):
+        return train.batch(index).to(run.device, memory_format=memory_format, non_blocking=True)
+
+    run.choose_precision(lambda probe, x, context: vqvae_loss(
+        probe, probe.decoder if config.decoder_only else probe, x, config, context)[0], batch(torch.arange(config.batch_size)))
 
     # A fixed, evenly spread subset keeps periodic evaluation cheap and comparable over time.
     n_eval = len(validate) if config.eval_images <= 0 else min(config.eval_images, len(validate))
@@ -104,19 +128,9 @@ def train_vqvae(config: VQVAETraining) -> dict:
 
     model.train()
     while not run.finished():
-        x = train.batch(run.next_batch()).to(run.device, memory_format=memory_format, non_blocking=True)
+        x = batch(run.next_batch())
         run.apply_learning_rate()
-        with autocast():
-            if config.decoder_only:  # the frozen encoder's codes, exactly as a prior sees them
-                codes = model.encode(x)
-                reconstruction, commit_loss = forward(model.quantizer.lookup(codes)), 0.0
-            else:
-                reconstruction, commit_loss, codes = forward(x)
-        reconstruction = reconstruction.float()
-        pixel = (F.l1_loss if config.pixel_loss == "l1" else F.mse_loss)(reconstruction, x)
-        loss = pixel + commit_loss
-        if config.ssim_weight:
-            loss = loss + config.ssim_weight * (1 - ssim_torch(reconstruction, x).mean())
+        loss, codes = vqvae_loss(model, forward, x, config, run.autocast())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -167,6 +181,13 @@ def train_prior(config: PriorTraining) -> dict:
     optimizer = torch.optim.Adam(prior.parameters(), lr=config.lr)
     run = TrainingRun(config, prior, optimizer, len(train["codes"]))
     forward = parallel(prior, config.compile)
+    def prior_loss(module, codes, positions, context):
+        with context:
+            logits = module(codes, positions)
+        return code_nll(logits.float(), codes)
+
+    sample = train["codes"][:config.batch_size].to(run.device), train["positions"][:config.batch_size].to(run.device)
+    run.choose_precision(lambda probe, b, context: prior_loss(probe, *b, context), sample)
     baselines = {"uniform_bits": math.log2(vqvae.num_codes),
                  "unigram_bits": unigram_bits(validate["codes"], vqvae.num_codes)}
 
@@ -181,7 +202,7 @@ def train_prior(config: PriorTraining) -> dict:
         positions[torch.rand(len(index)) < config.drop_position] = -1
         codes, positions = codes.to(run.device), positions.to(run.device)
         run.apply_learning_rate()
-        loss = code_nll(forward(codes, positions), codes)
+        loss = prior_loss(forward, codes, positions, run.autocast())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -214,6 +235,13 @@ def train_position_net(config: PositionNetTraining) -> dict:
     run = TrainingRun(config, model, optimizer, len(train))
     forward = parallel(model, config.compile)
 
+    def position_loss(module, index, context):
+        with context:
+            logits = module(train.images[index].to(run.device))
+        return F.cross_entropy(logits.float(), train.positions[index].to(run.device))
+
+    run.choose_precision(position_loss, torch.arange(config.batch_size))
+
     def evaluate():
         return position_accuracy(model, validate.images, validate.positions)
 
@@ -221,7 +249,7 @@ def train_position_net(config: PositionNetTraining) -> dict:
     while not run.finished():
         index = run.next_batch()
         run.apply_learning_rate()
-        loss = F.cross_entropy(forward(train.images[index].to(run.device)), train.positions[index].to(run.device))
+        loss = position_loss(forward, index, run.autocast())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

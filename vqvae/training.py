@@ -27,10 +27,12 @@ images seen, so a run can resume on a different number of ranks.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 
@@ -71,6 +73,9 @@ class RunConfig:
     resume: bool = option(False, "continue from RUN_DIR/checkpoint.pt")
     threads: int | None = option(None, "torch threads (default: all cores)")
     compile: bool = option(False, "torch.compile the model's forward pass")
+    precision: str = option("auto", "fp32, bf16 (autocast), or auto: time a few steps of each at start-up and keep "
+                                    "the faster (kept in the checkpoint, so --resume keeps it)",
+                            choices=("auto", "fp32", "bf16"))
     progress: bool = option(True, "show a progress bar")
 
     def __post_init__(self):
@@ -136,6 +141,30 @@ def parallel(model: torch.nn.Module, compile: bool = False) -> torch.nn.Module:
     return torch.compile(model) if compile else model
 
 
+def autocast(precision: str, device: torch.device):
+    """The context a training step runs in: bf16 autocast, or nothing for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def time_precisions(step, device: torch.device, repeats: int = 3) -> dict[str, float]:
+    """Seconds per call of ``step(context)`` (a forward and backward on a throwaway copy of the
+    model) under fp32 and under bf16 autocast, each the best of ``repeats`` after one warm-up.
+    Machines of one kind differ by up to 20x in which is faster, so this is measured, not assumed."""
+    seconds = {}
+    for precision in ("fp32", "bf16"):
+        times = []
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            step(autocast(precision, device))
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+        seconds[precision] = min(times[1:])
+    return seconds
+
+
 class TrainingRun:
     def __init__(self, config: RunConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                  dataset_size: int):
@@ -153,6 +182,7 @@ class TrainingRun:
                             if config.epochs is not None else None)
         self.step, self.train_seconds, self.last_eval_seconds = 0, 0.0, 0.0
         self.history: list[dict] = []
+        self.precision = None if config.precision == "auto" else config.precision
         if config.resume and (self.out / CHECKPOINT).exists():
             self._load_checkpoint()
         elif config.resume:
@@ -163,6 +193,38 @@ class TrainingRun:
         self.bar = tqdm(total=self.total_steps, initial=self.step, disable=not (config.progress and self.is_main),
                         unit="step", dynamic_ncols=True)
         self._images_since, self._time_since = 0, 0.0
+
+    # -- precision ------------------------------------------------------------------------
+    def choose_precision(self, loss_of, batch) -> None:
+        """Settle the run's precision: as configured, as the checkpoint had it, or (auto) the
+        faster of fp32 and bf16 for ``loss_of(model, batch, context)`` (the trainer's loss with its
+        forward pass inside ``context``) timed on a copy of the model, so the run's weights,
+        statistics and random stream are untouched. Logged."""
+        if self.precision is not None:
+            return
+        probe = copy.deepcopy(self.model)
+        rng = torch.get_rng_state()
+
+        def step(context):
+            loss_of(probe, batch, context).backward()
+            probe.zero_grad(set_to_none=True)
+
+        seconds = time_precisions(step, self.device)
+        torch.set_rng_state(rng)
+        self.precision = min(seconds, key=seconds.get)
+        if self.world > 1:  # every rank trains as rank 0 measured
+            flag = torch.tensor([int(self.precision == "bf16")], device=self.device)
+            dist.broadcast(flag, src=0)
+            self.precision = "bf16" if flag.item() else "fp32"
+        if self.is_main:
+            message = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in seconds.items())
+            print(f"precision auto: one step takes {message}; training in {self.precision}")
+            self.log({"kind": "precision", "chosen": self.precision,
+                      **{f"{k}_seconds": round(v, 4) for k, v in seconds.items()}})
+
+    def autocast(self):
+        """The context each training step runs in (call ``choose_precision`` first)."""
+        return autocast(self.precision or "fp32", self.device)
 
     # -- budget and schedule ------------------------------------------------------------
     def progress(self) -> float:
@@ -262,7 +324,7 @@ class TrainingRun:
                      "step": self.step, "images_seen": self.step * self.global_batch,
                      "train_seconds": self.train_seconds,
                      "last_eval_seconds": self.last_eval_seconds, "history": self.history,
-                     "torch_rng": torch.get_rng_state()}, self.out / CHECKPOINT)
+                     "torch_rng": torch.get_rng_state(), "precision": self.precision}, self.out / CHECKPOINT)
 
     def _load_checkpoint(self):
         path = self.out / CHECKPOINT
@@ -279,6 +341,8 @@ class TrainingRun:
         self.train_seconds = state["train_seconds"]
         self.last_eval_seconds, self.history = state["last_eval_seconds"], state["history"]
         torch.set_rng_state(state["torch_rng"])
+        # a run keeps the precision it started with (checkpoints from before the choice were fp32)
+        self.precision = state.get("precision") or "fp32"
         if self.is_main:
             print(f"resumed from {self.out / CHECKPOINT} at step {self.step} "
                   f"({self.train_seconds / 60:.1f} training minutes)")
