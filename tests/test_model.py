@@ -63,3 +63,20 @@ def test_refinement_blocks_start_as_the_identity_and_keep_weight_names():
     assert torch.equal(plain.reconstruct(x)[0], refined.reconstruct(x)[0])
     upsamplings = sum(isinstance(layer, torch.nn.ConvTranspose2d) for layer in refined.decoder.net)
     assert len(refined.decoder.refine) == upsamplings - 1  # all but the output stage
+
+
+def test_texture_head_starts_as_the_identity_and_draws_with_fixed_noise_in_eval():
+    plain, textured = tiny(refine_blocks=1), tiny(refine_blocks=1, texture_channels=6)
+    textured.load_state_dict(plain.state_dict(), strict=False)
+    plain.eval(), textured.eval()
+    x = torch.rand(2, 1, 32, 32)
+    assert torch.equal(plain.reconstruct(x)[0], textured.reconstruct(x)[0])  # zero-started head and noise
+    with torch.no_grad():
+        textured.decoder.texture.out[1].weight.normal_(std=0.1)
+        textured.decoder.texture.noise_scale.fill_(0.5)
+    codes = textured.encode(x)
+    assert not torch.equal(plain.decode(codes), textured.decode(codes))
+    assert torch.equal(textured.decode(codes), textured.decode(codes))  # eval: the same noise every call
+    textured.train()
+    z = textured.quantizer.lookup(codes)
+    assert not torch.equal(textured.decoder(z), textured.decoder(z))  # training: fresh noise

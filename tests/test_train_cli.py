@@ -282,3 +282,34 @@ def test_precision_auto_is_timed_logged_and_kept_on_resume(oasis_like, tmp_path,
     pinned = tmp_path / "pinned"
     vqvae.main(["--data", str(oasis_like), "--out", str(pinned), "--epochs", "1", "--bf16", *unpinned])
     assert torch.load(pinned / "checkpoint.pt", weights_only=True)["precision"] == "bf16"
+
+
+def test_adversarial_decoder_keeps_the_codes_and_resumes_exactly(trained, oasis_like, tmp_path):
+    """A realistic decoder: a texture head (a decoder-only change of shape) trained against a
+    patch discriminator. Codes stay the faithful model's; the discriminator lives in the
+    checkpoint only; a resumed run ends where an uninterrupted one does."""
+    faithful = trained / "vqvae" / "model"
+    settings = ["--data", str(oasis_like), "--init", str(faithful), "--decoder-only", "--adversarial",
+                "--texture-channels", "4", "--disc-channels", "8", "--disc-start", "0", *TINY_VQVAE]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    vqvae.main([*settings, "--out", str(whole), "--epochs", "2"])
+    vqvae.main([*settings, "--out", str(split), "--epochs", "1"])
+    vqvae.main([*settings, "--out", str(split), "--epochs", "2", "--resume"])
+    start, realistic = load_model(VQVAE, faithful), load_model(VQVAE, whole / "model")
+    images = torch.rand(3, 1, 64, 64)
+    assert torch.equal(start.encode(images), realistic.encode(images))  # every prior stays valid
+    assert realistic.decoder.texture is not None and not torch.equal(start.decode(start.encode(images)),
+                                                                      realistic.decode(realistic.encode(images)))
+    state = torch.load(whole / "checkpoint.pt", weights_only=True)
+    assert set(state["companions"]) == {"discriminator", "disc_optimizer"}
+    assert not any("discriminator" in name for name in realistic.state_dict())
+    records = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    assert any("d_loss" in r and "adv_weight" in r for r in records if r["kind"] == "train")
+    a, b = (load_model(VQVAE, run / "model").state_dict() for run in (whole, split))
+    assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_adversarial_needs_decoder_only(oasis_like, tmp_path):
+    with pytest.raises(SystemExit, match="--adversarial trains a decoder on frozen codes"):
+        vqvae.main(["--data", str(oasis_like), "--out", str(tmp_path), "--epochs", "1", "--adversarial",
+                    *TINY_VQVAE])

@@ -56,6 +56,39 @@ class Encoder(nn.Module):
         return self.net(x)
 
 
+class TextureHead(nn.Module):
+    """Width where the texture is drawn: the last inner stage's features, upsampled by its own
+    transposed convolution to full resolution with ``channels`` channels, a few residual blocks
+    there, and a 3x3 convolution to a correction added to the decoder's output. A thin decoder
+    draws the 256x256 image with one 16 -> 1 transposed convolution; gyri and speckle need more.
+
+    ``noise``: per-pixel Gaussian noise added to the full-resolution features with a learned
+    per-channel scale (Karras et al. 2019, StyleGAN), so texture that the codes do not determine
+    (MRI speckle) can be drawn rather than averaged away. In eval mode the noise comes from a
+    fixed seed, so a code grid always decodes to the same image.
+
+    The output convolution and the noise scales start at zero: a trained decoder that takes the
+    head on is exactly where it was (``train.vqvae --init --decoder-only --texture-channels C``)."""
+
+    def __init__(self, in_channels: int, channels: int, blocks: int, out_channels: int, noise: bool):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(in_channels, channels, 4, stride=2, padding=1)
+        self.blocks = nn.Sequential(*(ResidualBlock(channels, channels) for _ in range(blocks)))
+        self.noise_scale = nn.Parameter(torch.zeros(channels)) if noise else None
+        self.out = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        nn.init.zeros_(self.out[1].weight)
+        nn.init.zeros_(self.out[1].bias)
+
+    def forward(self, features):
+        h = self.up(torch.relu(features))
+        if self.noise_scale is not None:
+            shape = (h.shape[0], 1, *h.shape[2:])
+            generator = None if self.training else torch.Generator(h.device).manual_seed(0)
+            noise = torch.randn(shape, generator=generator, device=h.device, dtype=h.dtype)
+            h = h + self.noise_scale.view(1, -1, 1, 1).to(h.dtype) * noise
+        return self.out(self.blocks(h))
+
+
 class Decoder(nn.Module):
     """Mirror of the encoder. ``refine_blocks`` adds residual blocks after each inner upsampling
     stage, where the thin high-resolution layers otherwise draw fine detail with one transposed
@@ -64,7 +97,8 @@ class Decoder(nn.Module):
     be fine-tuned from exactly where it was (``train.vqvae --init --decoder-only``)."""
 
     def __init__(self, out_channels, downsample, base, hidden, res_blocks, res_hidden, code_dim,
-                 refine_blocks: int = 0):
+                 refine_blocks: int = 0, texture_channels: int = 0, texture_blocks: int = 2,
+                 texture_noise: bool = True):
         super().__init__()
         layers = [nn.Conv2d(code_dim, hidden, 3, padding=1)]
         layers += [ResidualBlock(hidden, res_hidden) for _ in range(res_blocks)]
@@ -77,17 +111,24 @@ class Decoder(nn.Module):
                     *(ResidualBlock(width, width) for _ in range(refine_blocks)))
             previous = width
         self.net = nn.Sequential(*layers)
+        # the texture head reads the features just before the output stage's ReLU + upsampling
+        self.texture_input = len(layers) - 3 if texture_channels else None
+        self.texture = (TextureHead(widths[-2] if len(widths) > 1 else hidden, texture_channels, texture_blocks,
+                                    out_channels, texture_noise) if texture_channels else None)
         for block in self.refine.modules():
             if isinstance(block, ResidualBlock):
                 nn.init.zeros_(block.block[-1].weight)
                 nn.init.zeros_(block.block[-1].bias)
 
     def forward(self, z):
+        features = z if self.texture_input == -1 else None
         for index, layer in enumerate(self.net):
             z = layer(z)
             if str(index) in self.refine:
                 z = self.refine[str(index)](z)
-        return z
+            if index == self.texture_input:
+                features = z
+        return z if self.texture is None else z + self.texture(features)
 
 
 class VQVAE(nn.Module, PyTorchModelHubMixin, library_name="brainvq",
@@ -97,14 +138,16 @@ class VQVAE(nn.Module, PyTorchModelHubMixin, library_name="brainvq",
     def __init__(self, downsample: int = 8, num_codes: int = 512, code_dim: int = 64,
                  base_channels: int = 16, hidden_channels: int = 64, res_blocks: int = 2,
                  res_hidden: int = 64, in_channels: int = 1, ema_decay: float = 0.99,
-                 commitment: float = 0.25, dead_threshold: float = 1.0, refine_blocks: int = 0):
+                 commitment: float = 0.25, dead_threshold: float = 1.0, refine_blocks: int = 0,
+                 texture_channels: int = 0, texture_blocks: int = 2, texture_noise: bool = True):
         super().__init__()
         self.downsample, self.num_codes = downsample, num_codes
         shape = (downsample, base_channels, hidden_channels, res_blocks, res_hidden, code_dim)
         self.encoder = Encoder(in_channels, *shape)
         self.quantizer = VectorQuantizer(num_codes, code_dim, decay=ema_decay,
                                          commitment=commitment, dead_threshold=dead_threshold)
-        self.decoder = Decoder(in_channels, *shape, refine_blocks=refine_blocks)
+        self.decoder = Decoder(in_channels, *shape, refine_blocks=refine_blocks, texture_channels=texture_channels,
+                               texture_blocks=texture_blocks, texture_noise=texture_noise)
 
     @property
     def bits_per_pixel(self) -> float:

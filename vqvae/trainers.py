@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .adversarial import Adversary, PatchDiscriminator
 from .codes import code_counts, codes_path, load_codes, save_codes
 from .data import load_split
 from .generation import SliceCNN, position_accuracy
@@ -46,6 +47,9 @@ class VQVAETraining(RunConfig, DataConfig):
     hidden_channels: int = option(64, "channels at the code resolution")
     res_blocks: int = option(2, "residual blocks at the code resolution")
     refine_blocks: int = option(0, "residual blocks after each inner upsampling stage of the decoder")
+    texture_channels: int = option(0, "width of the decoder's full-resolution texture head (0 = none; see vqvae/model.py)")
+    texture_blocks: int = option(2, "residual blocks of the texture head")
+    texture_noise: bool = option(True, "per-pixel noise into the texture head (StyleGAN), for texture the codes do not fix")
     init: str | None = option(None, "start from this trained VQ-VAE (its architecture; refinement blocks it "
                                     "lacks start as the identity)")
     decoder_only: bool = option(False, "train only the decoder; needs --init (encoder and codebook stay frozen)")
@@ -54,6 +58,15 @@ class VQVAETraining(RunConfig, DataConfig):
     bf16: bool = option(False, "the same as --precision bf16 (the quantiser stays fp32)")
     channels_last: bool = option(True, "channels-last memory format (faster convolutions on CPUs)")
     eval_images: int = option(256, "validate images used by the periodic evaluation (0 = all)")
+    adversarial: bool = option(False, "train the decoder against a patch discriminator (vqvae/adversarial.py); "
+                                      "needs --decoder-only")
+    disc_channels: int = option(32, "discriminator width (doubling over its layers)")
+    disc_layers: int = option(3, "stride-2 layers of the discriminator (3: ~70-pixel patches)")
+    disc_lr: float = option(2e-4, "discriminator learning rate (Adam, betas 0.5, 0.9)")
+    disc_start: int = option(200, "steps of reconstruction loss alone before the discriminator joins")
+    disc_weight: float = option(0.1, "weight of the adversarial loss (times the adaptive weight)")
+    adaptive_max: float = option(1.0, "clamp of VQGAN's adaptive weight (0 = a fixed weight of 1)")
+    feature_matching: float = option(1.0, "weight of discriminator feature matching (pix2pixHD)")
     skip_bad: bool = option(False, "leave out unreadable or wrongly sized images (with a warning and a count)")
 
     def __post_init__(self):
@@ -62,6 +75,8 @@ class VQVAETraining(RunConfig, DataConfig):
             raise ValueError("--decoder-only needs --init: the codes come from a trained encoder")
         if self.bf16:
             self.precision = "bf16"
+        if self.adversarial and not self.decoder_only:
+            raise ValueError("--adversarial trains a decoder on frozen codes: give --decoder-only and --init")
 
 
 def build_vqvae(config: VQVAETraining) -> VQVAE:
@@ -70,16 +85,22 @@ def build_vqvae(config: VQVAETraining) -> VQVAE:
     if not config.init:
         return VQVAE(downsample=config.downsample, num_codes=config.codes, code_dim=config.code_dim,
                      base_channels=config.base_channels, hidden_channels=config.hidden_channels,
-                     res_blocks=config.res_blocks, refine_blocks=config.refine_blocks)
+                     res_blocks=config.res_blocks, refine_blocks=config.refine_blocks,
+                     texture_channels=config.texture_channels, texture_blocks=config.texture_blocks,
+                     texture_noise=config.texture_noise)
     trained = load_model(VQVAE, config.init)
     settings = json.loads((Path(config.init) / CONFIG).read_text())
-    model = VQVAE(**{**settings, "refine_blocks": max(config.refine_blocks, settings.get("refine_blocks", 0))})
-    load_into(model, trained, new=".refine.")
+    settings["refine_blocks"] = max(config.refine_blocks, settings.get("refine_blocks", 0))
+    if config.texture_channels:  # a decoder-only change of shape: a new head, which starts at zero
+        settings.update(texture_channels=config.texture_channels, texture_blocks=config.texture_blocks,
+                        texture_noise=config.texture_noise)
+    model = VQVAE(**settings)
+    load_into(model, trained, new=(".refine.", ".texture."))
     return model
 
 
-def vqvae_loss(model: VQVAE, forward, x: torch.Tensor, config: VQVAETraining, context) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (loss, codes): pixel loss + w * (1 - SSIM) + commitment. ``forward`` is what trains
+def vqvae_loss(model: VQVAE, forward, x: torch.Tensor, config: VQVAETraining, context):
+    """-> (loss, codes, reconstruction): pixel loss + w * (1 - SSIM) + commitment. ``forward`` is what trains
     (the model, or its decoder alone, possibly wrapped for DDP); it runs inside ``context``
     (autocast or not), the loss in fp32."""
     with context:
@@ -93,7 +114,14 @@ def vqvae_loss(model: VQVAE, forward, x: torch.Tensor, config: VQVAETraining, co
     loss = pixel + commit_loss
     if config.ssim_weight:
         loss = loss + config.ssim_weight * (1 - ssim_torch(reconstruction, x).mean())
-    return loss, codes
+    return loss, codes, reconstruction
+
+
+def last_decoder_layer(model: VQVAE) -> torch.Tensor:
+    """The weight whose gradients VQGAN's adaptive weight compares: what draws the output."""
+    if model.decoder.texture is not None:
+        return model.decoder.texture.out[1].weight
+    return model.decoder.net[-1].weight
 
 
 def train_vqvae(config: VQVAETraining) -> dict:
@@ -108,7 +136,15 @@ def train_vqvae(config: VQVAETraining) -> dict:
         model.quantizer.requires_grad_(False)
     trained = model.decoder if config.decoder_only else model
     optimizer = torch.optim.Adam(trained.parameters(), lr=config.lr)
-    run = TrainingRun(config, model, optimizer, len(train))  # a resumed run's weights replace --init's
+    companions, adversary = {}, None
+    if config.adversarial:
+        discriminator = PatchDiscriminator(config.disc_channels, config.disc_layers)
+        disc_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.disc_lr, betas=(0.5, 0.9))
+        companions = {"discriminator": discriminator, "disc_optimizer": disc_optimizer}
+        adversary = Adversary(discriminator, disc_optimizer, last_decoder_layer(model), config.disc_weight,
+                              config.adaptive_max, config.feature_matching)
+    # a resumed run's weights (and discriminator) replace --init's
+    run = TrainingRun(config, model, optimizer, len(train), companions)
     # after TrainingRun: a resumed model is loaded before DDP copies it
     forward = parallel(trained, config.compile)
 
@@ -116,7 +152,8 @@ def train_vqvae(config: VQVAETraining) -> dict:
         return train.batch(index).to(run.device, memory_format=memory_format, non_blocking=True)
 
     run.choose_precision(lambda probe, x, context: vqvae_loss(
-        probe, probe.decoder if config.decoder_only else probe, x, config, context)[0], batch(torch.arange(config.batch_size)))
+        probe, probe.decoder if config.decoder_only else probe, x, config, context)[0],
+        batch(torch.arange(config.batch_size)))
 
     # A fixed, evenly spread subset keeps periodic evaluation cheap and comparable over time.
     n_eval = len(validate) if config.eval_images <= 0 else min(config.eval_images, len(validate))
@@ -130,12 +167,19 @@ def train_vqvae(config: VQVAETraining) -> dict:
     while not run.finished():
         x = batch(run.next_batch())
         run.apply_learning_rate()
-        loss, codes = vqvae_loss(model, forward, x, config, run.autocast())
+        loss, codes, reconstruction = vqvae_loss(model, forward, x, config, run.autocast())
+        logged = {"loss": loss.item()}
+        against = adversary is not None and run.step >= config.disc_start
+        if against:
+            loss, extra = adversary.generator_loss(loss, reconstruction, x, run.autocast())
+            logged.update(extra)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        used = torch.unique(codes).numel() / model.num_codes
-        run.step_done({"loss": loss.item(), "batch_usage": used}, evaluate)
+        if against:
+            logged["d_loss"] = adversary.discriminator_step(x, reconstruction.detach(), run.autocast())
+        logged["batch_usage"] = torch.unique(codes).numel() / model.num_codes
+        run.step_done(logged, evaluate)
     return run.finish(evaluate, save_dir=run.out / MODEL)
 
 
@@ -177,7 +221,7 @@ def train_prior(config: PriorTraining) -> dict:
     prior = GatedPixelCNN(num_codes=vqvae.num_codes, channels=config.channels, layers=config.layers,
                           kernel=config.kernel, grid_size=train["codes"].shape[-1], coordinates=config.coordinates)
     if config.init:
-        load_into(prior, load_model(GatedPixelCNN, config.init), new="coordinate")
+        load_into(prior, load_model(GatedPixelCNN, config.init), new=("coordinate",))
     optimizer = torch.optim.Adam(prior.parameters(), lr=config.lr)
     run = TrainingRun(config, prior, optimizer, len(train["codes"]))
     forward = parallel(prior, config.compile)

@@ -167,11 +167,17 @@ def time_precisions(step, device: torch.device, repeats: int = 3) -> dict[str, f
 
 class TrainingRun:
     def __init__(self, config: RunConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 dataset_size: int):
+                 dataset_size: int, companions: dict | None = None):
+        """``companions``: other things with a state that a resumed run needs (a discriminator
+        and its optimiser), saved in the checkpoint by name; the final model is ``model`` alone."""
         self.config, self.model, self.optimizer = config, model, optimizer
+        self.companions = companions or {}
         self.rank, self.world = distributed_setup()
         self.device = training_device(config.device)
         model.to(self.device)  # parameters move in place, so the optimiser's references stay valid
+        for companion in self.companions.values():
+            if isinstance(companion, torch.nn.Module):
+                companion.to(self.device)
         self.is_main = self.rank == 0
         self.out = Path(config.out)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -324,7 +330,9 @@ class TrainingRun:
                      "step": self.step, "images_seen": self.step * self.global_batch,
                      "train_seconds": self.train_seconds,
                      "last_eval_seconds": self.last_eval_seconds, "history": self.history,
-                     "torch_rng": torch.get_rng_state(), "precision": self.precision}, self.out / CHECKPOINT)
+                     "torch_rng": torch.get_rng_state(), "precision": self.precision,
+                     "companions": {name: c.state_dict() for name, c in self.companions.items()}},
+                    self.out / CHECKPOINT)
 
     def _load_checkpoint(self):
         path = self.out / CHECKPOINT
@@ -336,6 +344,10 @@ class TrainingRun:
                              f"({type(error).__name__}); move it away to start fresh") from None
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        for name, companion in self.companions.items():
+            if name not in state.get("companions", {}):
+                raise ValueError(f"{path} has no {name}: it was written by a run with other settings")
+            companion.load_state_dict(state["companions"][name])
         # steps are counted in global batches: convert when the number of ranks changed
         self.step = state.get("images_seen", state["step"] * self.global_batch) // self.global_batch
         self.train_seconds = state["train_seconds"]
@@ -360,13 +372,13 @@ class TrainingRun:
         return self.history[-1] if self.history else {}
 
 
-def load_into(model: torch.nn.Module, trained: torch.nn.Module, new: str = ""):
+def load_into(model: torch.nn.Module, trained: torch.nn.Module, new: tuple[str, ...] = ()):
     """``--init``: copy a trained model's weights into ``model``. Only tensors whose names
-    contain ``new`` (parts the trained model did not have; they keep their own start) may be
-    missing from it; any other difference raises ValueError naming the tensors."""
+    contain one of ``new`` (parts the trained model did not have; they keep their own start)
+    may be missing from it; any other difference raises ValueError naming the tensors."""
     mine, theirs = model.state_dict(), trained.state_dict()
     differ = [k for k in theirs if k not in mine or mine[k].shape != theirs[k].shape]
-    differ += [k for k in mine if k not in theirs and not (new and new in k)]
+    differ += [k for k in mine if k not in theirs and not any(part in k for part in new)]
     if differ:
         raise ValueError(f"the --init model's architecture differs from this one: {', '.join(sorted(differ)[:3])}"
                          + (f" and {len(differ) - 3} more" if len(differ) > 3 else ""))
