@@ -149,3 +149,21 @@ def test_evaluate_cli_reports_a_broken_model_in_one_line(tiny_weights, tmp_path)
     # one line says why (warnings printed by imported libraries may stand beside it)
     errors = [line for line in result.stderr.splitlines() if "missing tensors" in line]
     assert len(errors) == 1 and errors[0].startswith("error:"), result.stderr
+
+
+def test_a_realistic_decoder_on_the_same_codes_loads_beside_the_faithful_one(tiny_weights, tmp_path):
+    from vqvae.model import VQVAE
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_weights, weights)
+    faithful = hub.load_model(VQVAE, weights / "vqvae")
+    realistic = VQVAE(**{**json.loads((weights / "vqvae" / "config.json").read_text()), "texture_channels": 4})
+    realistic.load_state_dict(faithful.state_dict(), strict=False)
+    realistic.save_pretrained(weights / hub.REALISTIC)
+    models = hub.load_models(str(weights), None)
+    assert models.realistic is not None and models.realistic.decoder.texture is not None
+    with torch.no_grad():  # another encoder: its codes are not the prior's
+        realistic.encoder.net[0].weight.add_(0.1)
+    realistic.save_pretrained(weights / hub.REALISTIC)
+    with pytest.raises(hub.ModelLoadError, match="encoder or codebook differs"):
+        hub.load_models(str(weights), None)
+    assert hub.load_models(str(tiny_weights), None).realistic is None  # optional

@@ -313,3 +313,15 @@ def test_adversarial_needs_decoder_only(oasis_like, tmp_path):
     with pytest.raises(SystemExit, match="--adversarial trains a decoder on frozen codes"):
         vqvae.main(["--data", str(oasis_like), "--out", str(tmp_path), "--epochs", "1", "--adversarial",
                     *TINY_VQVAE])
+
+
+def test_a_packaged_model_carries_its_stages_into_later_cards(tmp_path):
+    shipped = tmp_path / "assets" / "vqvae"  # a packaged model: no run directory around it
+    shipped.mkdir(parents=True)
+    (shipped / "training.json").write_text(json.dumps({"stages": ["30 minutes, batch 16, lr 0.002, seed 0"]}))
+    run = tmp_path / "runs" / "realistic"
+    (run / "model").mkdir(parents=True)
+    (run / "run_config.json").write_text(json.dumps({"minutes": 90, "batch_size": 8, "lr": 0.0005, "seed": 0,
+                                                     "init": str(shipped), "decoder_only": True}))
+    assert push_to_hub.stages_of(push_to_hub.run_summary(run / "model")) == [
+        "30 minutes, batch 16, lr 0.002, seed 0", "90 minutes of the decoder only, batch 8, lr 0.0005, seed 0"]

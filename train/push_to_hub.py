@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from vqvae.generation import generation_table
-from vqvae.hub import is_model_dir
+from vqvae.hub import REALISTIC, is_model_dir
 from train.cli import fail, run_or_fail
 
 CITATION = ("Marcus, D. S., Wang, T. H., Parker, J., Csernansky, J. G., Morris, J. C., Buckner, R. L. "
@@ -28,9 +28,16 @@ CITATION = ("Marcus, D. S., Wang, T. H., Parker, J., Csernansky, J. G., Morris, 
             "19(9), 1498-1507.")
 
 
+TRAINING = "training.json"  # in a packaged model directory: its stages and evaluations, for later cards
+
+
 def run_summary(model_dir: Path) -> dict:
-    """What a run recorded about itself: its settings, its last evaluation, a full evaluation."""
+    """What a run recorded about itself: its settings, its last evaluation, a full evaluation.
+    A packaged model (no run directory around it) carries the same in its training.json."""
+    model_dir = Path(model_dir)
     run = model_dir.parent
+    if not (run / "run_config.json").is_file() and (model_dir / TRAINING).is_file():
+        return json.loads((model_dir / TRAINING).read_text())
     summary = {}
     if (run / "run_config.json").is_file():
         summary["config"] = json.loads((run / "run_config.json").read_text())
@@ -52,11 +59,19 @@ def training_stages(config: dict) -> list[str]:
     started = config.get("init")
     if not started:
         return [stage]
-    earlier = run_summary(Path(started)).get("config")
-    return (training_stages(earlier) if earlier else [f"the weights of {started}"]) + [stage]
+    earlier = run_summary(Path(started))
+    if "stages" in earlier:  # a packaged model: its lineage travels with it
+        return earlier["stages"] + [stage]
+    config = earlier.get("config")
+    return (training_stages(config) if config else [f"the weights of {started}"]) + [stage]
 
 
-def model_card(vqvae: dict, prior: dict, machine: str, generation: dict | None = None) -> str:
+def stages_of(summary: dict) -> list[str]:
+    return summary["stages"] if "stages" in summary else training_stages(summary.get("config", {}))
+
+
+def model_card(vqvae: dict, prior: dict, machine: str, generation: dict | None = None,
+               realistic: dict | None = None) -> str:
     validate = vqvae.get("validate", vqvae.get("last_eval", {}))
     prior_eval = prior.get("last_eval", {})
     results = []
@@ -75,8 +90,10 @@ def model_card(vqvae: dict, prior: dict, machine: str, generation: dict | None =
              "and a gated PixelCNN prior (`prior/`) over those grids, conditioned on slice position.",
              "Load with `VQVAE.from_pretrained` / `GatedPixelCNN.from_pretrained` from the brainvq package.", "",
              "## Training", "", f"Trained on the OASIS train split (9664 slices) on {machine}.", ""]
-    for title, summary in (("VQ-VAE", vqvae), ("Prior", prior)):
-        lines.append(f"- {title}: " + "; then ".join(training_stages(summary.get("config", {}))))
+    parts = [("VQ-VAE", vqvae), ("Prior", prior)] + ([("Realistic decoder (vqvae-realistic/)", realistic)]
+                                                      if realistic is not None else [])
+    for title, summary in parts:
+        lines.append(f"- {title}: " + "; then ".join(stages_of(summary)))
     lines += ["", "## Validate metrics", "", "| metric | value |", "| --- | --- |"]
     for key, value in {**validate, **{f"prior_{k}": v for k, v in prior_eval.items()}}.items():
         if isinstance(value, float):
@@ -93,17 +110,23 @@ def model_card(vqvae: dict, prior: dict, machine: str, generation: dict | None =
 
 
 def package(vqvae_dir: Path, prior_dir: Path, out: Path, machine: str, generation: Path | None = None,
-            features: Path | None = None) -> Path:
-    folders = {"vqvae": vqvae_dir, "prior": prior_dir, **({"position_net": features} if features else {})}
+            features: Path | None = None, realistic: Path | None = None) -> Path:
+    folders = {"vqvae": vqvae_dir, "prior": prior_dir, **({"position_net": features} if features else {}),
+               **({REALISTIC: realistic} if realistic else {})}
     for path in folders.values():
         if not is_model_dir(path):
             raise ValueError(f"{path} is not a model directory (needs config.json and model.safetensors)")
     out.mkdir(parents=True, exist_ok=True)
     for name, source in folders.items():
-        shutil.rmtree(out / name, ignore_errors=True)
-        shutil.copytree(source, out / name)
+        summary, target = run_summary(source), out / name
+        if target.resolve() != Path(source).resolve():  # re-packaging in place keeps the folder
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(source, target)
+        kept = {k: v for k, v in summary.items() if k != "config"}
+        (target / TRAINING).write_text(json.dumps({**kept, "stages": stages_of(summary)}, indent=2))
     report = json.loads(generation.read_text()) if generation else None
-    (out / "README.md").write_text(model_card(run_summary(vqvae_dir), run_summary(prior_dir), machine, report))
+    (out / "README.md").write_text(model_card(run_summary(vqvae_dir), run_summary(prior_dir), machine, report,
+                                              run_summary(realistic) if realistic else None))
     return out
 
 
@@ -113,6 +136,7 @@ def main(argv=None):
     parser.add_argument("--prior", required=True, type=Path)
     parser.add_argument("--generation", type=Path, help="report.json of train.evaluate_generation")
     parser.add_argument("--features", type=Path, help="the SliceCNN of the generation metrics")
+    parser.add_argument("--realistic", type=Path, help="the adversarially trained decoder (same encoder and codebook)")
     parser.add_argument("--repo-id", help="Hub repo to upload to (needs a token: huggingface-cli login)")
     parser.add_argument("--out", type=Path, help="write the folder here (and upload it only with --repo-id)")
     parser.add_argument("--machine", default="a 2-core AMD Zen 4 CPU (no GPU)")
@@ -121,7 +145,7 @@ def main(argv=None):
     if not args.repo_id and not args.out:
         fail("give --repo-id to upload, --out to write the folder, or both")
     folder = run_or_fail(package, args.vqvae, args.prior, args.out or Path(tempfile.mkdtemp()), args.machine,
-                         args.generation, args.features)
+                         args.generation, args.features, args.realistic)
     print(f"packaged weights and model card in {folder}")
     if args.repo_id:
         from huggingface_hub import HfApi

@@ -5,8 +5,10 @@ A model directory is the Hub layout ``config.json`` (the constructor's keyword a
 ``model.safetensors``. Loading is strict: a missing, extra or wrongly shaped tensor is an error
 naming it (huggingface_hub's own loader skips missing tensors silently, leaving them random).
 
-A weights set holds ``vqvae/`` and ``prior/``; ``prior/`` may also hold ``code_frequencies.json``,
-the training frequency of each code, for the app's histogram. Resolution order: a local
+A weights set holds ``vqvae/`` (the faithful VQ-VAE) and ``prior/``, and may hold
+``vqvae-realistic/``: the same encoder and codebook with a decoder trained adversarially to draw
+realistic texture (so both decode the same codes, and the prior serves both). ``prior/`` may also
+hold ``code_frequencies.json``, the training frequency of each code, for the app's histogram. Resolution order: a local
 directory; the Hub (through huggingface_hub's cache); the Hub cache alone when the network is
 unreachable; finally the bundled copy, whose place the caller gives (the app's own folder:
 an installed package does not know where its app lives). The caller is told which was used.
@@ -28,7 +30,8 @@ from .model import VQVAE
 from .prior import GatedPixelCNN
 
 CONFIG, WEIGHTS, FREQUENCIES = "config.json", "model.safetensors", "code_frequencies.json"
-PARTS = ("vqvae", "prior")
+PARTS = ("vqvae", "prior")   # required
+REALISTIC = "vqvae-realistic"  # optional
 log = logging.getLogger("brainvq")
 
 
@@ -99,6 +102,7 @@ class Models:
     prior: GatedPixelCNN
     source: str  # where the weights came from, for the log and the page (never a server path)
     code_frequencies: np.ndarray | None = None  # training frequency of each code
+    realistic: VQVAE | None = None  # the adversarially trained decoder on the same codes, if shipped
 
 
 def is_weights_dir(path: str | Path | None) -> bool:
@@ -115,7 +119,7 @@ def resolve_weights(source: str | None, bundled: str | Path | None) -> tuple[Pat
             log.warning("%s lacks vqvae/ and prior/ model directories; using the bundled weights", path)
         else:
             from huggingface_hub import snapshot_download
-            patterns = [f"{name}/*" for name in PARTS] + ["*.md"]
+            patterns = [f"{name}/*" for name in (*PARTS, REALISTIC)] + ["*.md"]
             try:
                 return Path(snapshot_download(source, allow_patterns=patterns)), f"Hub repo {source}"
             except Exception as error:  # offline, unknown repo, rate limit...
@@ -136,8 +140,23 @@ def load_models(source: str | None, bundled: str | Path | None = None) -> Models
     vqvae, prior = load_model(VQVAE, path / "vqvae"), load_model(GatedPixelCNN, path / "prior")
     if vqvae.num_codes != prior.num_codes:
         raise ModelLoadError(f"{path}: the prior models {prior.num_codes} codes, the VQ-VAE has {vqvae.num_codes}")
+    realistic = None
+    if is_model_dir(path / REALISTIC):
+        realistic = load_model(VQVAE, path / REALISTIC)
+        check_same_codes(vqvae, realistic, path / REALISTIC)
     frequencies = None
     if (path / "prior" / FREQUENCIES).is_file():
         frequencies = np.asarray(json.loads((path / "prior" / FREQUENCIES).read_text()), dtype=np.float64)
     log.info("loaded models from %s (%s)", description, path)
-    return Models(vqvae, prior, description, frequencies)
+    return Models(vqvae, prior, description, frequencies, realistic)
+
+
+def check_same_codes(faithful: VQVAE, other: VQVAE, where):
+    """Two VQ-VAEs give identical codes when their encoders and codebooks are equal tensor for
+    tensor; a prior trained on one then serves both."""
+    mine, theirs = faithful.state_dict(), other.state_dict()
+    coding = [k for k in mine if k.startswith(("encoder.", "quantizer."))]
+    differ = [k for k in coding if k not in theirs or not torch.equal(mine[k], theirs[k])]
+    if differ:
+        raise ModelLoadError(f"{where}: its encoder or codebook differs from vqvae/'s ({_names(differ)}), "
+                             "so its codes would not be the prior's")
