@@ -5,6 +5,8 @@
 Weights: --model, else the BRAINVQ_MODEL environment variable (a Hugging Face Hub repo id or a
 local directory with vqvae/ and prior/), else the copy bundled under assets/models.
 Serves on 0.0.0.0:7860 unless GRADIO_SERVER_NAME / GRADIO_SERVER_PORT say otherwise.
+Gradio keeps every upload and output in its cache (GRADIO_TEMP_DIR): every BRAINVQ_CACHE_SECONDS
+seconds (default 3600) the files older than that are deleted.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from gradio.utils import NamedString
+
 from vqvae import demo
 from vqvae.hub import Models, load_models
 from vqvae.upload import MAX_UPLOAD_BYTES, InputError, read_upload
@@ -27,8 +31,26 @@ from vqvae.upload import MAX_UPLOAD_BYTES, InputError, read_upload
 ASSETS = Path(__file__).resolve().parent / "assets"
 BUNDLED = ASSETS / "models"  # the weights that ship with the app
 EXAMPLES = sorted(str(p) for p in (ASSETS / "examples").glob("*.png"))
-# Gradio keeps every upload and output in its cache: every hour, delete files older than an hour.
-DELETE_CACHE = (3600, 3600)
+# Gradio keeps every upload and output in its cache: every hour, delete files older than an hour
+# (BRAINVQ_CACHE_SECONDS changes both, e.g. to a few seconds in tests).
+CACHE_SECONDS = 3600
+TWO_DECODERS = ("**Faithful** decodes the codes to the image closest to the input (best SSIM); **realistic** "
+                "decodes the same codes with a decoder trained against a discriminator: it invents "
+                "plausible texture, so it looks like a scan but its fine detail is not the input's.")
+
+
+def cache_seconds() -> int:
+    """BRAINVQ_CACHE_SECONDS as a whole number of seconds >= 1, else CACHE_SECONDS."""
+    value = os.environ.get("BRAINVQ_CACHE_SECONDS", "").strip()
+    if not value:
+        return CACHE_SECONDS
+    try:
+        seconds = int(value)
+    except ValueError:
+        seconds = 0
+    if seconds < 1:
+        raise ValueError(f"BRAINVQ_CACHE_SECONDS must be a whole number of seconds >= 1, got {value!r}")
+    return seconds
 
 
 def shown(array: np.ndarray) -> Image.Image:
@@ -63,11 +85,36 @@ def user_errors_stream(fn):
     return wrapper
 
 
-def build(models: Models) -> gr.Blocks:
+class Slider(gr.Slider):
+    """A slider whose cleared value (None, from an API client) reaches the function, which
+    names the field in its message; Gradio's own check fails with a generic error."""
+    is_template = True  # drawn by the browser as the component it extends
+
+    def preprocess(self, payload):
+        return None if payload is None else super().preprocess(payload)
+
+
+class UploadFile(gr.File):
+    """gr.File without Gradio 6's per-upload leak: its filepath mode creates an empty temporary
+    file in the cache that it never tracks (so ``delete_cache`` cannot remove it) and returns the
+    upload's own path. This returns that path, with the same file-type check."""
+    is_template = True  # drawn by the browser as gr.File
+
+    def _process_single_file(self, f):
+        if self.file_types and not gr.utils.client_utils.is_valid_file(f.path, self.file_types):
+            raise gr.Error(f"Invalid file type. Please upload a file that is one of these formats: {self.file_types}")
+        return NamedString(f.path)
+
+
+def build(models: Models, delete_after: int | None = None) -> gr.Blocks:
+    """The page. Every ``delete_after`` seconds (default: ``cache_seconds()``) Gradio deletes the
+    cached uploads and outputs older than that."""
     vqvae, prior = models.vqvae, models.prior
+    seconds = delete_after or cache_seconds()
     grid = prior.grid_size
     positions = ["any"] + [str(k) for k in range(prior.num_positions)]
     colours = demo.code_colours(vqvae)
+    realistic = models.realistic
 
     @user_errors
     def reconstruct(file, slice_index=None):
@@ -76,16 +123,24 @@ def build(models: Models) -> gr.Blocks:
             slice_index = demo.whole_number(slice_index, "NIfTI slice", 0, 10**6)
         image, note, count, index = read_upload(file, slice_index)
         result = demo.reconstruct_slice(vqvae, image)
-        m = result["metrics"]
-        brain = "n/a (no brain pixels)" if np.isnan(m["ssim_brain"]) else f"{m['ssim_brain']:.4f}"
-        summary = (f"**SSIM** {m['ssim']:.4f} &nbsp; **in-brain SSIM** {brain} &nbsp; "
-                   f"**PSNR** {m['psnr']:.2f} dB  \nInput: {note}")
+        summary = metrics_line("Faithful", result["metrics"])
+        invented = None
+        if realistic is not None:  # the same codes, drawn by the adversarially trained decoder
+            other = demo.reconstruct_slice(realistic, image)
+            invented = shown(other["reconstruction"])
+            summary += "  \n" + metrics_line("Realistic", other["metrics"])
+        summary += f"  \nInput: {note}"
         slider = gr.Slider(maximum=max(count - 1, 1), visible=count > 1, value=index)
         usage = pd.DataFrame(demo.code_usage(result["codes"], models.code_frequencies))
         code = demo.most_used_code(result["codes"])  # code 0 usually does not occur in the slice
         return (shown(image), shown(result["reconstruction"]), shown(result["error"]), summary, slider,
                 image, result["codes"], *code_view(image, result["codes"], 1.0), usage, code,
-                *show_code(image, result["codes"], code))
+                *show_code(image, result["codes"], code), invented)
+
+    def metrics_line(name, m):
+        brain = "n/a (no brain pixels)" if np.isnan(m["ssim_brain"]) else f"{m['ssim_brain']:.4f}"
+        return (f"**{name}:** SSIM {m['ssim']:.4f} &nbsp; in-brain SSIM {brain} &nbsp; "
+                f"PSNR {m['psnr']:.2f} dB")
 
     def code_view(image, codes, opacity):
         return (shown(demo.code_map(np.asarray(codes), colours, image, float(opacity))),)
@@ -94,7 +149,7 @@ def build(models: Models) -> gr.Blocks:
     def redraw_map(image, codes, opacity):
         if image is None or codes is None:
             raise InputError("reconstruct a slice first")
-        return code_view(image, codes, opacity)
+        return code_view(image, codes, demo.real_number(opacity, "opacity", 0.0, 1.0))[0]
 
     @user_errors
     def show_code(image, codes, code):
@@ -112,35 +167,42 @@ def build(models: Models) -> gr.Blocks:
         return code, *show_code(image, codes, code)
 
     @user_errors_stream
-    def sample(n, temperature, top_k, seed, position):
+    def sample(n, temperature, top_k, seed, position, decoder_name="realistic"):
         position = None if position in (None, "any") else position
-        for images, rows, total in demo.sample_stream(models, n, temperature, top_k, seed, position):
+        for images, rows, total in demo.sample_stream(models, n, temperature, top_k, seed, position,
+                                                      decoder_name=decoder_name):
             yield [shown(image) for image in images], f"{rows}/{total} rows sampled"
 
     @user_errors_stream
-    def complete(codes, keep_rows, temperature, top_k, seed):
+    def complete(codes, keep_rows, temperature, top_k, seed, decoder_name="realistic"):
         if codes is None:
             raise InputError("reconstruct a slice first: completion starts from its codes")
-        for images, rows, total in demo.sample_stream(models, 4, temperature, top_k, seed,
-                                                      initial=np.asarray(codes), keep_rows=keep_rows):
+        for images, rows, total in demo.sample_stream(models, 4, temperature, top_k, seed, initial=np.asarray(codes),
+                                                      keep_rows=keep_rows, decoder_name=decoder_name):
             yield [shown(image) for image in images], f"{rows}/{total} rows ({keep_rows} kept from the slice)"
 
-    with gr.Blocks(title="brainvq", delete_cache=DELETE_CACHE) as app:
+    with gr.Blocks(title="brainvq", delete_cache=(seconds, seconds)) as app:
         gr.Markdown(f"# brainvq\nA VQ-VAE codes each 256x256 brain MRI slice as a {grid}x{grid} grid of "
                     f"{vqvae.num_codes} codebook entries; a gated PixelCNN prior samples new grids. "
                     f"Weights: {models.source}.")
         current_image, current_codes = gr.State(None), gr.State(None)
         with gr.Tab("Reconstruction"):
             with gr.Row():
-                upload = gr.File(label="MRI slice (PNG, JPEG, or NIfTI .nii/.nii.gz)",
-                                 file_types=[".png", ".jpg", ".jpeg", ".nii", ".gz"], type="filepath")
-                slice_index = gr.Slider(0, 1, value=0, step=1, label="NIfTI axial slice", visible=False)
+                upload = UploadFile(label="MRI slice (PNG, JPEG, or NIfTI .nii/.nii.gz)",
+                                    file_types=[".png", ".jpg", ".jpeg", ".nii", ".gz"], type="filepath")
+                slice_index = Slider(0, 1, value=0, step=1, label="NIfTI axial slice", visible=False)
             if EXAMPLES:
                 gr.Examples(EXAMPLES, inputs=upload, label="Examples (samples this project generated)")
             with gr.Row():
                 shown_input = gr.Image(label="Input", image_mode="L", format="png", interactive=False)
-                shown_recon = gr.Image(label="Reconstruction", image_mode="L", format="png", interactive=False)
-                shown_error = gr.Image(label="|error| (full scale = 0.25)", format="png", interactive=False)
+                shown_recon = gr.Image(label="Faithful reconstruction", image_mode="L", format="png",
+                                       interactive=False)
+                shown_realistic = gr.Image(label="Realistic reconstruction", image_mode="L", format="png",
+                                           interactive=False, visible=realistic is not None)
+                shown_error = gr.Image(label="|error| of the faithful one (full scale = 0.25)", format="png",
+                                       interactive=False)
+            if realistic is not None:
+                gr.Markdown(TWO_DECODERS)
             summary = gr.Markdown("Non-square or non-256x256 images are padded with black to a square "
                                   "and resized to 256x256; the note below the metrics says what was done.")
         with gr.Tab("Codebook map"):
@@ -150,7 +212,7 @@ def build(models: Models) -> gr.Blocks:
                 usage_plot = gr.BarPlot(x="code", y="share", color="source", label="Most used codes",
                                         x_label_angle=-45, sort=None)
             with gr.Row():
-                opacity = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Code map opacity over the slice")
+                opacity = Slider(0.0, 1.0, value=1.0, step=0.05, label="Code map opacity over the slice")
                 code = gr.Number(label="Code", value=0, precision=0, minimum=0, maximum=vqvae.num_codes - 1)
                 show = gr.Button("Show where it occurs")
             with gr.Row():
@@ -158,28 +220,32 @@ def build(models: Models) -> gr.Blocks:
                 decoded = gr.Image(label="The code alone, decoded", image_mode="L", format="png", interactive=False)
         with gr.Tab("Sampling"):
             with gr.Row():
-                n = gr.Slider(1, 16, value=4, step=1, label="Number of samples")
-                temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature (lower: smoother, less varied)")
+                n = Slider(1, 16, value=4, step=1, label="Number of samples")
+                temperature = Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature (lower: smoother, less varied)")
                 top_k = gr.Number(value=0, precision=0, minimum=0, label="Top-k (0 = off)")
                 seed = gr.Number(value=0, precision=0, label="Seed")
                 position = gr.Dropdown(positions, value="any", label="Slice position k")
+                decoder_name = gr.Radio(list(demo.DECODERS), value="realistic", label="Decoder",
+                                        visible=realistic is not None)
             with gr.Row():
                 sample_button = gr.Button("Sample new brains", variant="primary")
-                keep_rows = gr.Slider(0, grid, value=grid // 2, step=1,
-                                      label="Completion: rows kept from the uploaded slice")
+                keep_rows = Slider(0, grid, value=grid // 2, step=1,
+                                   label="Completion: rows kept from the uploaded slice")
                 complete_button = gr.Button("Complete the uploaded slice")
             status = gr.Markdown()
             gallery = gr.Gallery(label="Samples", columns=4, height="auto", format="png")
 
         recon_outputs = [shown_input, shown_recon, shown_error, summary, slice_index,
-                         current_image, current_codes, code_image, usage_plot, code, highlighted, decoded]
+                         current_image, current_codes, code_image, usage_plot, code, highlighted, decoded,
+                         shown_realistic]
         upload.change(reconstruct, [upload], recon_outputs, api_name="reconstruct")
         slice_index.release(reconstruct, [upload, slice_index], recon_outputs, api_name="reconstruct_slice")
         show.click(show_code, [current_image, current_codes, code], [highlighted, decoded], api_name="show_code")
         code_image.select(pick_code, [current_image, current_codes], [code, highlighted, decoded], api_name=False)
         opacity.release(redraw_map, [current_image, current_codes, opacity], [code_image], api_name="code_map")
-        sample_button.click(sample, [n, temperature, top_k, seed, position], [gallery, status], api_name="sample")
-        complete_button.click(complete, [current_codes, keep_rows, temperature, top_k, seed],
+        sample_button.click(sample, [n, temperature, top_k, seed, position, decoder_name], [gallery, status],
+                            api_name="sample")
+        complete_button.click(complete, [current_codes, keep_rows, temperature, top_k, seed, decoder_name],
                               [gallery, status], api_name="complete")
     return app
 
@@ -190,9 +256,13 @@ def main(argv=None):
                         help="Hub repo id or local directory with vqvae/ and prior/")
     parser.add_argument("--port", type=int, help="default: GRADIO_SERVER_PORT or 7860")
     args = parser.parse_args(argv)
+    try:
+        seconds = cache_seconds()
+    except ValueError as error:
+        parser.error(str(error))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     models = load_models(args.model, BUNDLED)
-    app = build(models)
+    app = build(models, seconds)
     # Bounded queue: at most 2 jobs run at once (2 cores), at most 32 wait; memory stays bounded.
     app.queue(default_concurrency_limit=2, max_size=32)
     app.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),

@@ -50,7 +50,13 @@ def write_tiny_weights(folder: Path) -> Path:
     vqvae.train()
     vqvae(torch.rand(2, 1, 64, 64))  # data-dependent codebook init
     vqvae.eval().save_pretrained(folder / "vqvae")
-    GatedPixelCNN(num_codes=16, channels=8, layers=2).save_pretrained(folder / "prior")
+    prior = GatedPixelCNN(num_codes=16, channels=8, layers=2)
+    # The prior starts its condition embeddings (the slice position's gate biases) at zero, so an
+    # untrained prior would ignore the position and a test could not tell whether it is passed
+    # on; random ones (still seeded above) make every position sample differently.
+    for layer in prior.layers:
+        torch.nn.init.normal_(layer.condition.weight, std=1.0)
+    prior.save_pretrained(folder / "prior")
     (folder / "prior" / "code_frequencies.json").write_text(json.dumps(list(range(1, 17))))
     return folder
 

@@ -148,14 +148,65 @@ def test_sample_stream_yields_progress_and_final_images(tiny_models):
     assert (first[0][64:] == 0).all()  # rows not yet sampled are shown black
 
 
-def test_sample_stream_matches_the_sampler_and_completes(tiny_models):
+def test_sample_stream_matches_the_sampler(tiny_models):
     from vqvae.sampling import sample_cached
     *_, (images, _, _) = demo.sample_stream(tiny_models, 1, seed=5, position=3)
     codes = sample_cached(tiny_models.prior, 1, positions=torch.tensor([3]), generator=torch.Generator().manual_seed(5))
     assert np.array_equal(images[0], to_uint8(tiny_models.vqvae.decode(codes)[0, 0]))
-    initial = np.zeros((32, 32), np.int64)
-    *_, (images, rows, _) = demo.sample_stream(tiny_models, 2, initial=initial, keep_rows=16)
-    assert rows == 32 and len(images) == 2
+
+
+def test_sample_stream_passes_the_slice_position_on(tiny_models):
+    """The tiny prior's position embeddings are random (tests/conftest.py), so a stream that
+    dropped the position would match neither the other position nor the sampler above."""
+    prior = tiny_models.prior
+    assert all(layer.condition.weight.abs().sum() > 0 for layer in prior.layers)  # else position is a no-op
+    last = {}
+    for position in (3, 20, None):
+        *_, (images, _, _) = demo.sample_stream(tiny_models, 2, seed=5, position=position)
+        last[position] = np.stack(images)
+    assert not np.array_equal(last[3], last[20])
+    assert not np.array_equal(last[3], last[None]) and not np.array_equal(last[20], last[None])
+    *_, (again, _, _) = demo.sample_stream(tiny_models, 2, seed=5, position="3")  # a form's string
+    assert np.array_equal(np.stack(again), last[3])
+
+
+def slice_codes(tiny_models) -> np.ndarray:
+    """A real slice's code grid, as completion gets it from the app."""
+    return demo.reconstruct_slice(tiny_models.vqvae, synthetic_slice(np.random.default_rng(4), 256))["codes"]
+
+
+def test_completion_keeps_the_initial_rows_in_the_codes(tiny_models):
+    from vqvae.sampling import sample_cached
+    initial = torch.from_numpy(slice_codes(tiny_models)).long()
+    grids = [sample_cached(tiny_models.prior, 3, initial=initial[None].expand(3, -1, -1), keep_rows=16,
+                           generator=torch.Generator().manual_seed(seed)) for seed in (1, 2)]
+    for codes in grids:
+        assert codes.shape == (3, 32, 32)
+        assert torch.equal(codes[:, :16], initial[:16].expand(3, -1, -1))  # kept exactly
+        assert not torch.equal(codes[:, 16:], initial[16:].expand(3, -1, -1))  # the rest is sampled
+    assert not torch.equal(grids[0][:, 16:], grids[1][:, 16:])
+
+
+def test_completion_keeps_the_initial_rows_in_the_images(tiny_models):
+    """Through the app's stream: two seeds give pixel-identical tops and different bottoms. The
+    decoder is convolutional: a code row reaches a few code rows up (a 3x3 convolution and two
+    3x3 residual blocks, then the upsampling), so only pixel rows above (16 - 4) * 8 are
+    compared, and only rows below (16 + 1) * 8 must differ."""
+    initial = slice_codes(tiny_models)
+    runs = []
+    for seed in (1, 2):
+        updates = list(demo.sample_stream(tiny_models, 2, initial=initial, keep_rows=16, seed=seed))
+        assert [rows for _, rows, _ in updates] == [16, 24, 32]  # the kept part, then sampled rows
+        runs.append(np.stack(updates[-1][0]))
+    first, second = runs
+    assert first.shape == (2, 256, 256)
+    top, bottom = (16 - 4) * 8, (16 + 1) * 8
+    assert np.array_equal(first[:, :top], second[:, :top])
+    # and that top is the slice's own: the kept codes decode to it
+    kept = tiny_models.vqvae.decode(torch.from_numpy(initial)[None].long())
+    assert np.array_equal(first[0, :top], to_uint8(kept[0, 0])[:top])
+    for a, b in zip(first, second):
+        assert not np.array_equal(a[bottom:], b[bottom:])
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -165,6 +216,64 @@ def test_sample_stream_matches_the_sampler_and_completes(tiny_models):
 def test_sample_stream_rejects_bad_settings(tiny_models, kwargs, message):
     with pytest.raises(InputError, match=message):
         next(demo.sample_stream(tiny_models, **kwargs))
+
+
+# Form fields arrive as None (a cleared Number), floats, ints of any size, or strings.
+BAD_FIELDS = [
+    ({"n": None}, "number of samples is empty"),
+    ({"n": 2.5}, "number of samples must be a whole number"),
+    ({"n": "many"}, "number of samples must be a whole number"),
+    ({"n": 17}, "number of samples must be from 1 to 16"),
+    ({"seed": None}, "seed is empty"),
+    ({"seed": ""}, "seed is empty"),
+    ({"seed": -1}, "seed must be from 0 to"),
+    ({"seed": 2**63}, "seed must be from 0 to"),
+    ({"seed": 2**64}, "seed must be from 0 to"),
+    ({"seed": 10**30}, "seed must be from 0 to"),
+    ({"seed": "abc"}, "seed must be a whole number"),
+    ({"seed": float("inf")}, "seed must be a whole number"),
+    ({"seed": 0.5}, "seed must be a whole number"),
+    ({"temperature": None}, "temperature is empty"),
+    ({"temperature": float("nan")}, "temperature must be from 0"),
+    ({"temperature": float("inf")}, "temperature must be from 0"),
+    ({"temperature": "hot"}, "temperature must be a number"),
+    ({"top_k": None}, "top-k is empty"),
+    ({"top_k": 1.5}, "top-k must be a whole number"),
+    ({"top_k": -1}, "top-k must be from 0"),
+    ({"top_k": 10**6}, "top-k must be from 0"),
+    ({"position": -1}, "slice position must be from 0"),
+    ({"position": 2.5}, "slice position must be a whole number"),
+    ({"position": "k"}, "slice position must be a whole number"),
+    ({"initial": np.zeros((32, 32)), "keep_rows": None}, "rows to keep is empty"),
+    ({"initial": np.zeros((32, 32)), "keep_rows": 1.5}, "rows to keep must be a whole number"),
+    ({"initial": np.zeros((16, 16)), "keep_rows": 8}, "code grid"),
+]
+
+
+@pytest.mark.parametrize("kwargs, message", BAD_FIELDS, ids=[f"{k}={v!r}"[:40] for kw, _ in BAD_FIELDS
+                                                              for k, v in list(kw.items())[-1:]])
+def test_every_sampling_field_is_checked_into_one_line(tiny_models, kwargs, message):
+    settings = {"n": 2, "temperature": 1.0, "top_k": 0, "seed": 0, **kwargs}
+    with pytest.raises(InputError, match=message) as caught:
+        next(demo.sample_stream(tiny_models, **settings))
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 200
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"seed": 0}, {"seed": "7"}, {"seed": 7.0}, {"n": "2"}, {"top_k": 16}, {"top_k": "3"},
+    {"temperature": 0}, {"temperature": "0.5"}, {"position": 0}, {"position": 31}, {"position": "5"},
+], ids=lambda kw: "-".join(f"{k}={v!r}" for k, v in kw.items()))
+def test_valid_sampling_fields_in_form_shapes_are_accepted(tiny_models, kwargs):
+    images, rows, total = next(demo.sample_stream(tiny_models, **{"n": 1, **kwargs}))
+    assert rows == 8 and total == 32
+
+
+def test_large_seeds_are_taken_exactly():
+    """Every seed in 0..2**63-1 is valid and distinct (a float on the way would round those
+    above 2**53: 2**63 - 1 refused, 2**53 + 1 taken as 2**53)."""
+    assert demo.whole_number(2**63 - 1, "seed", 0, demo.MAX_SEED) == 2**63 - 1
+    assert demo.whole_number(2**53 + 1, "seed", 0, demo.MAX_SEED) == 2**53 + 1
+    assert demo.whole_number(str(2**63 - 1), "seed", 0, demo.MAX_SEED) == 2**63 - 1
 
 
 @pytest.mark.parametrize("kind, name, make, message", BAD_UPLOADS, ids=[b[0] for b in BAD_UPLOADS])
@@ -179,3 +288,42 @@ def test_every_bad_upload_gets_a_clear_message(tmp_path, kind, name, make, messa
 def test_unusual_but_valid_uploads_work(tmp_path, kind, name, make):
     image, note, _, _ = upload.read_upload(write(tmp_path, name, make))
     assert image.shape == (256, 256) and image.dtype == np.uint8
+
+
+@pytest.fixture(scope="module")
+def two_decoders(tiny_weights, tmp_path_factory):
+    """The tiny weights plus a realistic decoder on the same codes, its texture head drawing."""
+    import json
+    import shutil
+    from vqvae.hub import REALISTIC, load_model, load_models
+    from vqvae.model import VQVAE
+    weights = tmp_path_factory.mktemp("two_decoders")
+    shutil.copytree(tiny_weights, weights, dirs_exist_ok=True)
+    faithful = load_model(VQVAE, weights / "vqvae")
+    realistic = VQVAE(**{**json.loads((weights / "vqvae" / "config.json").read_text()), "texture_channels": 4})
+    realistic.load_state_dict(faithful.state_dict(), strict=False)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        realistic.decoder.texture.out[1].weight.normal_(std=0.2)
+    realistic.save_pretrained(weights / REALISTIC)
+    return load_models(str(weights), None)
+
+
+def test_both_decoders_draw_the_same_codes(two_decoders):
+    image = synthetic_slice(np.random.default_rng(4), 256)
+    faithful = demo.reconstruct_slice(two_decoders.vqvae, image)
+    realistic = demo.reconstruct_slice(two_decoders.realistic, image)
+    assert np.array_equal(faithful["codes"], realistic["codes"])
+    assert not np.array_equal(faithful["reconstruction"], realistic["reconstruction"])
+    assert demo.decoder(two_decoders, None) is two_decoders.realistic  # realistic by default
+    assert demo.decoder(two_decoders, "faithful") is two_decoders.vqvae
+    with pytest.raises(InputError, match="decoder must be one of"):
+        demo.decoder(two_decoders, "sharp")
+
+
+def test_sampling_decodes_with_the_chosen_decoder(two_decoders, tiny_models):
+    *_, (drawn, _, _) = demo.sample_stream(two_decoders, 1, seed=3, decoder_name="realistic")
+    *_, (plain, _, _) = demo.sample_stream(two_decoders, 1, seed=3, decoder_name="faithful")
+    assert not np.array_equal(drawn[0], plain[0])
+    *_, (only, _, _) = demo.sample_stream(tiny_models, 1, seed=3, decoder_name="realistic")
+    assert np.array_equal(only[0], plain[0])  # weights without a realistic decoder: the faithful one

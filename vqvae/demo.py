@@ -25,15 +25,21 @@ def whole_number(value, name: str, low: int, high: int) -> int:
     """A form field as an int in [low, high], or an InputError naming the field."""
     if value is None or value == "":
         raise InputError(f"{name} is empty; give a whole number from {low} to {high}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a whole number, got {value!r}") from None
-    if not np.isfinite(number) or number != int(number):
-        raise InputError(f"{name} must be a whole number, got {value!r}")
-    if not low <= int(number) <= high:
-        raise InputError(f"{name} must be from {low} to {high}, got {int(number)}")
-    return int(number)
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        number = int(value)  # exact: a float cannot hold every 64-bit seed
+    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        number = int(value.strip())
+    else:
+        try:
+            real = float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"{name} must be a whole number, got {value!r}") from None
+        if not np.isfinite(real) or real != int(real):
+            raise InputError(f"{name} must be a whole number, got {value!r}")
+        number = int(real)
+    if not low <= number <= high:
+        raise InputError(f"{name} must be from {low} to {high}, got {number}")
+    return number
 
 
 def real_number(value, name: str, low: float, high: float) -> float:
@@ -149,12 +155,23 @@ def partial_decode(vqvae: VQVAE, codes: torch.Tensor, rows_done: int) -> list[np
     return list(images)
 
 
+DECODERS = ("realistic", "faithful")
+
+
+def decoder(models: Models, name: str | None) -> VQVAE:
+    """The VQ-VAE whose decoder draws: "realistic" (the adversarially trained one, where the
+    weights have it; else the faithful one) or "faithful". Both decode the same codes."""
+    if name not in (None, *DECODERS):
+        raise InputError(f"decoder must be one of {', '.join(DECODERS)}, got {name!r}")
+    return models.realistic if name in (None, "realistic") and models.realistic is not None else models.vqvae
+
+
 def sample_stream(models: Models, n, temperature=1.0, top_k=0, seed=0, position=None,
-                  initial: np.ndarray | None = None, keep_rows=0, every: int = 8):
+                  initial: np.ndarray | None = None, keep_rows=0, every: int = 8, decoder_name: str | None = None):
     """Yield (images, rows done, rows total) while the cached sampler fills the grids, every
     ``every`` rows and at the end. ``initial`` + ``keep_rows`` gives completion of a real slice.
     Every setting is checked first (form fields arrive as None, floats or strings)."""
-    prior, vqvae = models.prior, models.vqvae
+    prior, vqvae = models.prior, decoder(models, decoder_name)
     n = whole_number(n, "number of samples", 1, MAX_SAMPLES)
     temperature = real_number(temperature, "temperature", 0.0, 10.0)
     top_k = whole_number(top_k, "top-k", 0, prior.num_codes)
