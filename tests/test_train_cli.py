@@ -204,7 +204,12 @@ def test_position_net_and_generation_metrics_end_to_end(trained, tmp_path, capsy
     position_net.main(["--data", str(oasis_like), "--out", str(trained / "position"), "--epochs", "1",
                        "--batch-size", "4", "--no-progress", "--threads", "1"])
     assert "within_one" in capsys.readouterr().out
+    faithful = load_model(VQVAE, trained / "vqvae" / "model")  # a realistic decoder on its codes
+    realistic = VQVAE(**{**json.loads((trained / "vqvae" / "model" / "config.json").read_text()), "texture_channels": 4})
+    realistic.load_state_dict(faithful.state_dict(), strict=False)
+    realistic.save_pretrained(tmp_path / "realistic")
     evaluate_generation.main(["--vqvae", str(trained / "vqvae" / "model"), "--prior", str(trained / "prior" / "model"),
+                              "--realistic", str(tmp_path / "realistic"),
                               "--data", str(oasis_like), "--features", str(trained / "position" / "model"),
                               "-n", "6", "--classifier-steps", "3", "--pairs", "4", "--json",
                               "--out", str(trained / "generation")])
@@ -214,7 +219,9 @@ def test_position_net_and_generation_metrics_end_to_end(trained, tmp_path, capsy
     assert comparisons[:3] == ["calibration: validate vs validate (two halves of the subjects)",
                                "reference: train vs validate (real vs real)",
                                "calibration: validate blurred by 1 pixel vs validate"]
-    assert comparisons[3:] == ["samples vs validate", "reconstructions vs validate"]
+    assert comparisons[3:] == ["samples vs validate", "reconstructions vs validate",
+                               "realistic reconstructions vs validate",
+                               "samples decoded by the realistic decoder vs validate"]
     assert set(report["two_sample"][0]) == {"comparison", "256", "64"}  # JSON keys: the resolutions
     assert (trained / "generation" / "samples.png").is_file()
     push_to_hub.main(["--vqvae", str(trained / "vqvae" / "model"), "--prior", str(trained / "prior" / "model"),

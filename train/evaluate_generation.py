@@ -22,7 +22,7 @@ from PIL import Image
 from vqvae.codes import decode_codes, encode_images
 from vqvae.data import load_split
 from vqvae.generation import Labelled, SliceCNN, generation_report, generation_table, position_accuracy
-from vqvae.hub import load_model
+from vqvae.hub import check_same_codes, load_model
 from vqvae.images import mosaic
 from vqvae.model import VQVAE
 from vqvae.prior import GatedPixelCNN, nll_bits, unigram_bits
@@ -49,13 +49,19 @@ def evaluate(args) -> dict:
     generator = torch.Generator().manual_seed(args.seed)
     positions = validate.positions[torch.randint(len(validate), (args.n,), generator=generator)]
     start = time.perf_counter()
-    samples = decode_codes(vqvae, sample_codes(prior, args.n, positions, args.temperature, args.top_k,
-                                               args.seed, batch_size=50))
+    sample_grids = sample_codes(prior, args.n, positions, args.temperature, args.top_k, args.seed, batch_size=50)
+    samples = decode_codes(vqvae, sample_grids)
     say(f"sampled {args.n} slices in {time.perf_counter() - start:.0f} s")
+    also = {}
+    if args.realistic:  # the same codes and samples, drawn by the adversarially trained decoder
+        realistic = load_model(VQVAE, args.realistic)
+        check_same_codes(vqvae, realistic, args.realistic)
+        also = {"realistic reconstructions vs validate": Labelled(decode_codes(realistic, codes), validate.subjects),
+                "samples decoded by the realistic decoder vs validate": Labelled(decode_codes(realistic, sample_grids))}
     report.update(generation_report(samples, Labelled(train.images, train.subjects),
                                     Labelled(validate.images, validate.subjects), feature_net, seed=args.seed,
                                     classifier_steps=args.classifier_steps, pairs=args.pairs,
-                                    repeats=args.repeats, reconstructions=decode_codes(vqvae, codes)))
+                                    repeats=args.repeats, reconstructions=decode_codes(vqvae, codes), also=also))
     feature = position_accuracy(feature_net, validate.images, validate.positions)
     report["feature_net_accuracy"], report["feature_net_within_one"] = feature["accuracy"], feature["within_one"]
     report["sample_position_within_one"] = position_accuracy(feature_net, samples, positions)["within_one"]
@@ -74,6 +80,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vqvae", required=True)
     parser.add_argument("--prior", required=True)
+    parser.add_argument("--realistic", help="a realistic decoder on the VQ-VAE's codes: its reconstructions and "
+                                            "its decoding of the same samples join the two-sample test")
     parser.add_argument("--data", required=True)
     parser.add_argument("-n", type=int, default=500, help="number of samples")
     parser.add_argument("--features", default=str(DEFAULT_FEATURES), help="trained SliceCNN directory")

@@ -252,10 +252,12 @@ def format_two_sample_table(table: list[dict]) -> str:
 def generation_report(samples: torch.Tensor, train: Labelled, validate: Labelled,
                       feature_net: SliceCNN, seed: int = 0, classifier_steps: int = 300,
                       pairs: int = 500, repeats: int = 3,
-                      reconstructions: torch.Tensor | None = None) -> dict:
+                      reconstructions: torch.Tensor | None = None,
+                      also: dict[str, Labelled] | None = None) -> dict:
     """Every image metric for ``samples`` beside its real-vs-real reference. The references use
     as many real images as there are samples. ``reconstructions`` (the VQ-VAE's own of
-    validate, in validate's order) add how far the decoder's look alone is from real slices."""
+    validate, in validate's order) add how far the decoder's look alone is from real slices;
+    ``also`` adds more sets to the two-sample test (e.g. another decoder's images)."""
     n = len(samples)
     generator = torch.Generator().manual_seed(seed)
     train_subset = train.images[torch.randperm(len(train.images), generator=generator)[:n]]
@@ -272,6 +274,7 @@ def generation_report(samples: torch.Tensor, train: Labelled, validate: Labelled
         candidates["reconstructions vs validate"] = Labelled(reconstructions, validate.subjects)
         report["frechet_reconstructions"] = frechet_distance(batched(feature_net.features, reconstructions),
                                                              features["validate"])
+    candidates.update(also or {})
     two_sample = two_sample_table(candidates, train, validate, repeats, classifier_steps, seed)
     return {
         **report,
