@@ -76,3 +76,18 @@ def test_cached_sampler_on_the_shipped_prior_picks_what_the_reference_would():
         codes = sample_cached(prior, 16, positions=positions, generator=torch.Generator().manual_seed(seed))
         picks, margin = teacher_forced_picks(prior, codes, positions=positions, seed=seed)
         assert torch.equal(picks, codes), f"seed {seed}: {(picks != codes).sum()} codes differ"
+
+
+@pytest.mark.parametrize("coordinates", [0, 3])
+def test_cached_sampler_equals_reference_given_the_slice_below(coordinates):
+    prior = tiny_prior(coordinates=coordinates, previous_slice=4)
+    below = torch.randint(0, 16, (3, 8, 8), generator=torch.Generator().manual_seed(2))
+    reference = sample_reference(prior, 3, generator=torch.Generator().manual_seed(4), previous=below,
+                                 positions=torch.tensor([1, 2, -1]))
+    cached = sample_cached(prior, 3, generator=torch.Generator().manual_seed(4), previous=below,
+                           positions=torch.tensor([1, 2, -1]))
+    assert torch.equal(reference, cached)
+    picks, _ = teacher_forced_picks(prior, cached, positions=torch.tensor([1, 2, -1]), seed=4, previous=below)
+    assert torch.equal(picks, cached)
+    assert not torch.equal(cached, sample_cached(prior, 3, generator=torch.Generator().manual_seed(4),
+                                                 previous=torch.roll(below, 1, 0), positions=torch.tensor([1, 2, -1])))

@@ -20,6 +20,13 @@ about 2 x layers columns, cannot tell where the head it has begun should close, 
 into the right edge. Each layer's projection starts at zero, so a prior trained without the map
 is the exact starting point of one trained with it (``train.prior --init``).
 
+With ``previous_slice`` > 0 the prior is conditioned on the code grid of the slice below (k - 1
+of the same head), for sampling coherent volumes slice by slice: that grid is known in full
+before the current one is drawn, so it enters like the location map, as a spatial gate bias
+(embedded, one 3x3 convolution for a little context, then a zero-started 1x1 projection per
+layer), and may look anywhere. Started from a trained prior (``train.prior --init``), it is
+that prior exactly until training teaches it to use the slice below.
+
 Convolutions take no padding of their own: the padding is explicit (``_pad_vertical``,
 ``_pad_horizontal``) so that the cached sampler in ``vqvae/sampling.py`` can apply exactly the
 same weights to a few rows or a single position.
@@ -40,7 +47,8 @@ def gate(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
 
 
 class GatedLayer(nn.Module):
-    def __init__(self, channels: int, kernel: int, num_conditions: int, first: bool, coordinates: int = 0):
+    def __init__(self, channels: int, kernel: int, num_conditions: int, first: bool, coordinates: int = 0,
+                 previous_slice: int = 0):
         super().__init__()
         self.first, self.channels = first, channels
         self.v_height, self.v_width, self.h_width = kernel // 2 + 1, kernel, kernel // 2 + 1
@@ -54,12 +62,19 @@ class GatedLayer(nn.Module):
         self.coordinate = nn.Conv2d(coordinates, 4 * channels, 1, bias=False) if coordinates else None
         if self.coordinate is not None:
             nn.init.zeros_(self.coordinate.weight)
+        self.previous = nn.Conv2d(previous_slice, 4 * channels, 1, bias=False) if previous_slice else None
+        if self.previous is not None:
+            nn.init.zeros_(self.previous.weight)
 
-    def location_bias(self, coordinate_map: torch.Tensor | None):
-        """The gate biases that depend only on where a code sits: (2C, H, W) for v and for h, or 0s."""
-        if self.coordinate is None:
-            return 0, 0
-        return self.coordinate(coordinate_map[None])[0].chunk(2, dim=0)
+    def spatial_bias(self, coordinate_map: torch.Tensor | None, previous_map: torch.Tensor | None = None):
+        """The gate biases that depend on where a code sits (the location map) and on the slice
+        below: (1 or B, 2C, H, W) for v and for h, or 0s."""
+        total = 0
+        if self.coordinate is not None:
+            total = self.coordinate(coordinate_map[None])
+        if self.previous is not None and previous_map is not None:
+            total = total + self.previous(previous_map)
+        return (0, 0) if isinstance(total, int) else total.chunk(2, dim=1)
 
     def _pad_vertical(self, v):
         return F.pad(v, (self.v_width // 2, self.v_width // 2, self.v_height - 1, 0))
@@ -69,10 +84,10 @@ class GatedLayer(nn.Module):
             return F.pad(h, (self.h_width, 0))[..., :-1]
         return F.pad(h, (self.h_width - 1, 0))
 
-    def forward(self, v, h, condition, coordinate_map=None):
+    def forward(self, v, h, condition, coordinate_map=None, previous_map=None):
         """v, h: (B, C, H, W); condition: (B,) indices -> (v, h, skip)."""
         bias_v, bias_h = self.condition(condition)[:, :, None, None].chunk(2, dim=1)
-        where_v, where_h = self.location_bias(coordinate_map)
+        where_v, where_h = self.spatial_bias(coordinate_map, previous_map)
         bias_v, bias_h = bias_v + where_v, bias_h + where_h
         v_pre = self.v_conv(self._pad_vertical(v))
         v_from_above = F.pad(v_pre, (0, 0, 1, 0))[:, :, :-1]  # row i gets row i-1
@@ -84,13 +99,19 @@ class GatedLayer(nn.Module):
 class GatedPixelCNN(nn.Module, PyTorchModelHubMixin, library_name="brainvq",
                     tags=["pixelcnn", "brain-mri", "oasis"], license="mit"):
     def __init__(self, num_codes: int = 512, channels: int = 64, layers: int = 10,
-                 kernel: int = 5, num_positions: int = 32, grid_size: int = 32, coordinates: int = 0):
+                 kernel: int = 5, num_positions: int = 32, grid_size: int = 32, coordinates: int = 0,
+                 previous_slice: int = 0):
         super().__init__()
         self.num_codes, self.num_positions, self.grid_size = num_codes, num_positions, grid_size
         self.no_position = num_positions  # the extra condition index: unconditional
         self.embedding = nn.Embedding(num_codes, channels)
         self.layers = nn.ModuleList(GatedLayer(channels, kernel, num_positions + 1, first=(i == 0),
-                                               coordinates=coordinates) for i in range(layers))
+                                               coordinates=coordinates, previous_slice=previous_slice)
+                                    for i in range(layers))
+        self.previous_slice = previous_slice
+        if previous_slice:  # the slice below: embedded codes, a little spatial context
+            self.previous_embedding = nn.Embedding(num_codes, previous_slice)
+            self.previous_context = nn.Conv2d(previous_slice, previous_slice, 3, padding=1)
         # Random, not zero: the layers' projections start at zero, and one of the two must not.
         self.coordinate_map = nn.Parameter(torch.randn(coordinates, grid_size, grid_size)) if coordinates else None
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, channels, 1), nn.ReLU(),
@@ -104,20 +125,28 @@ class GatedPixelCNN(nn.Module, PyTorchModelHubMixin, library_name="brainvq",
         positions = positions.long()
         return torch.where(positions < 0, torch.full_like(positions, self.no_position), positions)
 
-    def forward(self, codes: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+    def previous_map(self, previous: torch.Tensor | None) -> torch.Tensor | None:
+        """The slice below's code grid (B, H, W) -> its spatial condition (B, P, H, W), or None."""
+        if not self.previous_slice or previous is None:
+            return None
+        return torch.relu(self.previous_context(self.previous_embedding(previous).permute(0, 3, 1, 2)))
+
+    def forward(self, codes: torch.Tensor, positions: torch.Tensor | None = None,
+                previous: torch.Tensor | None = None) -> torch.Tensor:
         """codes (B, H, W) -> logits (B, K, H, W); logits at (i, j) depend only on codes
-        before (i, j) in raster order."""
+        before (i, j) in raster order (and on all of ``previous``, the slice below's codes)."""
         condition = self.conditions(positions, codes.shape[0])
+        previous_map = self.previous_map(previous)
         x = self.embedding(codes).permute(0, 3, 1, 2)
         v, h, skips = x, x, 0
         for layer in self.layers:
-            v, h, skip = layer(v, h, condition, self.coordinate_map)
+            v, h, skip = layer(v, h, condition, self.coordinate_map, previous_map)
             skips = skips + skip
         return self.head(skips)
 
-    def loss(self, codes, positions=None) -> torch.Tensor:
+    def loss(self, codes, positions=None, previous=None) -> torch.Tensor:
         """Mean negative log-likelihood in nats per code."""
-        return code_nll(self(codes, positions), codes)
+        return code_nll(self(codes, positions, previous), codes)
 
 
 def code_nll(logits: torch.Tensor, codes: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -128,15 +157,17 @@ def code_nll(logits: torch.Tensor, codes: torch.Tensor, reduction: str = "mean")
 
 @torch.no_grad()
 def nll_bits(prior: nn.Module, codes: torch.Tensor, positions: torch.Tensor | None,
-             batch_size: int = 64) -> float:
-    """Mean negative log-likelihood of code grids in bits per code."""
+             batch_size: int = 64, previous: torch.Tensor | None = None) -> float:
+    """Mean negative log-likelihood of code grids in bits per code (``previous``: the grids of
+    the slices below, for a prior conditioned on them)."""
     prior.eval()
     device = next(prior.parameters()).device
     total = 0.0
     for i in range(0, len(codes), batch_size):
         batch = codes[i:i + batch_size].to(device)
         pos = None if positions is None else positions[i:i + batch_size].to(device)
-        total += prior.loss(batch, pos).item() * len(batch)
+        below = None if previous is None else previous[i:i + batch_size].to(device)
+        total += prior.loss(batch, pos, below).item() * len(batch)
     return total / len(codes) / math.log(2)
 
 

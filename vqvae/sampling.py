@@ -69,14 +69,15 @@ def _start(prior: GatedPixelCNN, n: int, positions, initial, keep_rows: int):
 def sample_reference(prior: GatedPixelCNN, n: int, positions=None, temperature: float = 1.0,
                      top_k: int | None = None, generator: torch.Generator | None = None,
                      initial: torch.Tensor | None = None, keep_rows: int = 0,
-                     progress: Progress | None = None) -> torch.Tensor:
-    """n code grids (n, H, W); rows < keep_rows are copied from ``initial``."""
+                     progress: Progress | None = None, previous: torch.Tensor | None = None) -> torch.Tensor:
+    """n code grids (n, H, W); rows < keep_rows are copied from ``initial``; ``previous``: the
+    slices below (n, H, W), for a prior conditioned on them."""
     prior.eval()
     codes, positions = _start(prior, n, positions, initial, keep_rows)
     size = prior.grid_size
     for i in range(keep_rows, size):
         for j in range(size):
-            logits = prior(codes, positions)[:, :, i, j]
+            logits = prior(codes, positions, previous)[:, :, i, j]
             codes[:, i, j] = pick_codes(logits, generator, temperature, top_k)
         if progress:
             progress(i + 1, codes)
@@ -86,9 +87,10 @@ def sample_reference(prior: GatedPixelCNN, n: int, positions=None, temperature: 
 def sample_cached(prior: GatedPixelCNN, n: int, positions=None, temperature: float = 1.0,
                   top_k: int | None = None, generator: torch.Generator | None = None,
                   initial: torch.Tensor | None = None, keep_rows: int = 0,
-                  progress: Progress | None = None) -> torch.Tensor:
+                  progress: Progress | None = None, previous: torch.Tensor | None = None) -> torch.Tensor:
     """Same contract and same codes as ``sample_reference``, about two orders of magnitude faster."""
-    for rows, codes in iter_rows_cached(prior, n, positions, temperature, top_k, generator, initial, keep_rows):
+    for rows, codes in iter_rows_cached(prior, n, positions, temperature, top_k, generator, initial, keep_rows,
+                                        previous):
         if progress:
             progress(rows, codes)
     return codes
@@ -96,13 +98,14 @@ def sample_cached(prior: GatedPixelCNN, n: int, positions=None, temperature: flo
 
 def iter_rows_cached(prior: GatedPixelCNN, n: int, positions=None, temperature: float = 1.0,
                      top_k: int | None = None, generator: torch.Generator | None = None,
-                     initial: torch.Tensor | None = None, keep_rows: int = 0):
+                     initial: torch.Tensor | None = None, keep_rows: int = 0,
+                     previous: torch.Tensor | None = None):
     """The cached sampler as a generator: yields (rows completed, codes so far) after each row
     (for rows < keep_rows, once at the end of the kept part), so a caller can stream progress
     without a thread."""
     # Grad mode is per thread and a generator may be resumed on another thread (Gradio does
     # that), so no_grad is entered around each step, never held across a yield.
-    steps = _iter_rows_cached(prior, n, positions, temperature, top_k, generator, initial, keep_rows)
+    steps = _iter_rows_cached(prior, n, positions, temperature, top_k, generator, initial, keep_rows, previous)
     while True:
         with torch.no_grad():
             item = next(steps, None)
@@ -161,7 +164,7 @@ class _HorizontalStep:
         return codes
 
 
-def _iter_rows_cached(prior, n, positions, temperature, top_k, generator, initial, keep_rows):
+def _iter_rows_cached(prior, n, positions, temperature, top_k, generator, initial, keep_rows, previous=None):
     prior.eval()
     codes, positions = _start(prior, n, positions, initial, keep_rows)
     size, layers = prior.grid_size, prior.layers
@@ -178,13 +181,15 @@ def _iter_rows_cached(prior, n, positions, temperature, top_k, generator, initia
     h_inputs = [np.zeros((n, size + pad, channels), dtype=step.embedding.dtype) for _ in range(len(layers))]
     v_from_above = [None] * len(layers)
     biases = [layer.condition(condition).chunk(2, dim=1) for layer in layers]
-    where = [layer.location_bias(prior.coordinate_map) for layer in layers]  # (2C, H, W) v, h or 0s
+    previous_map = prior.previous_map(previous)
+    # (1 or B, 2C, H, W) for v and h, or 0s: the location map and the slice below
+    where = [layer.spatial_bias(prior.coordinate_map, previous_map) for layer in layers]
 
-    def where_h(l, row):  # the horizontal gates' location bias along one row: (W, 2C) or 0
-        return where[l][1][:, row].t() if torch.is_tensor(where[l][1]) else 0
+    def where_h(l, row):  # the horizontal gates' spatial bias along one row: (1 or B, W, 2C) or 0
+        return where[l][1][:, :, row].transpose(1, 2) if torch.is_tensor(where[l][1]) else 0
 
-    def where_v(l, row):  # the vertical gates' along one row: (2C, W) or 0
-        return where[l][0][:, row] if torch.is_tensor(where[l][0]) else 0
+    def where_v(l, row):  # the vertical gates' along one row: (1 or B, 2C, W) or 0
+        return where[l][0][:, :, row] if torch.is_tensor(where[l][0]) else 0
 
     def embed_row(i):
         v_inputs[0][:, :, i] = prior.embedding(codes[:, i]).transpose(1, 2)
@@ -231,7 +236,8 @@ SAMPLERS = {"cached": sample_cached, "reference": sample_reference}
 
 @torch.no_grad()
 def teacher_forced_picks(prior: GatedPixelCNN, codes: torch.Tensor, positions=None, temperature: float = 1.0,
-                         top_k: int | None = None, seed: int = 0, keep_rows: int = 0):
+                         top_k: int | None = None, seed: int = 0, keep_rows: int = 0,
+                         previous: torch.Tensor | None = None):
     """What ``sample_reference`` with ``torch.Generator().manual_seed(seed)`` picks at every
     position when the codes before it are ``codes``: one forward pass gives every position's
     logits (they depend only on earlier codes), and the random stream is drawn as the samplers
@@ -244,7 +250,7 @@ def teacher_forced_picks(prior: GatedPixelCNN, codes: torch.Tensor, positions=No
     prior.eval()
     n, size = codes.shape[0], prior.grid_size
     _, positions = _start(prior, n, positions, None, 0)
-    logits = prior(codes, positions).double().cpu().numpy()  # (n, K, H, W)
+    logits = prior(codes, positions, previous).double().cpu().numpy()  # (n, K, H, W)
     generator = torch.Generator().manual_seed(seed)
     picks, margin = codes.clone().cpu(), torch.full(codes.shape, float("inf"), dtype=torch.float64)
     for i in range(keep_rows, size):
@@ -264,7 +270,8 @@ def teacher_forced_picks(prior: GatedPixelCNN, codes: torch.Tensor, positions=No
 
 def sample_codes(prior: GatedPixelCNN, n: int, position: int | torch.Tensor | None = None,
                  temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
-                 sampler: str = "cached", batch_size: int | None = None) -> torch.Tensor:
+                 sampler: str = "cached", batch_size: int | None = None,
+                 previous: torch.Tensor | None = None) -> torch.Tensor:
     """n code grids from a seed. ``position``: one slice position for all, one per sample (n,),
     or None (unconditional). With ``batch_size`` they are drawn in batches of that size, batch
     b from seed + b (bounded memory for many samples)."""
@@ -273,7 +280,8 @@ def sample_codes(prior: GatedPixelCNN, n: int, position: int | torch.Tensor | No
     grids = []
     for b, start in enumerate(range(0, n, size)):
         chunk = None if positions is None else positions[start:start + size]
+        below = None if previous is None else previous[start:start + size]
         count = min(size, n - start)
         grids.append(SAMPLERS[sampler](prior, count, positions=chunk, temperature=temperature, top_k=top_k,
-                                       generator=torch.Generator().manual_seed(seed + b)))
+                                       generator=torch.Generator().manual_seed(seed + b), previous=below))
     return torch.cat(grids)
