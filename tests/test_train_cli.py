@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from train import evaluate, prior, push_to_hub, reconstruct, sample, vqvae
+from tests.strict import import_or_skip
 from vqvae.codes import load_codes
 from vqvae.data import load_split
 from vqvae.hub import load_model
@@ -332,3 +333,49 @@ def test_a_packaged_model_carries_its_stages_into_later_cards(tmp_path):
                                                      "init": str(shipped), "decoder_only": True}))
     assert push_to_hub.stages_of(push_to_hub.run_summary(run / "model")) == [
         "30 minutes, batch 16, lr 0.002, seed 0", "90 minutes of the decoder only, batch 8, lr 0.0005, seed 0"]
+
+
+def test_volume_prior_trains_on_neighbouring_slices_from_a_trained_prior(trained, oasis_like, tmp_path):
+    from vqvae.codes import slice_pairs
+    run = tmp_path / "volume"
+    run.mkdir()
+    for split in ("train", "validate"):  # the same codes as the prior it starts from
+        shutil.copy(trained / "prior" / f"codes_{split}.npz", run)
+    prior.main(["--vqvae", str(trained / "vqvae" / "model"), "--data", str(oasis_like), "--out", str(run),
+                "--epochs", "1", "--resume", "--init", str(trained / "prior" / "model"), "--previous-slice", "4",
+                *TINY_PRIOR])
+    volume = load_model(GatedPixelCNN, run / "model")
+    assert volume.previous_slice == 4
+    validate = load_codes(run / "codes_validate.npz")
+    current, below = slice_pairs(validate["subjects"], validate["positions"])
+    assert validate["positions"][current].tolist() == [1, 2, 3] and (validate["positions"][below] == validate["positions"][current] - 1).all()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    final = [r for r in records if r["kind"] == "eval"][-1]
+    start = load_model(GatedPixelCNN, trained / "prior" / "model")
+    assert final["nll_bits_independent"] == pytest.approx(
+        nll_bits(start, validate["codes"][current], validate["positions"][current]), rel=1e-6)
+    assert final["nll_bits"] == pytest.approx(nll_bits(volume, validate["codes"][current], validate["positions"][current],
+                                                       previous=validate["codes"][below]), rel=1e-5)
+
+
+def test_sample_volume_writes_nifti_volumes(trained, oasis_like, tmp_path):
+    import_or_skip("nibabel")
+    from train import sample_volume
+    from vqvae.upload import NiftiVolume
+    run = tmp_path / "volume"
+    run.mkdir()
+    for split in ("train", "validate"):
+        shutil.copy(trained / "prior" / f"codes_{split}.npz", run)
+    prior.main(["--vqvae", str(trained / "vqvae" / "model"), "--data", str(oasis_like), "--out", str(run),
+                "--epochs", "1", "--resume", "--init", str(trained / "prior" / "model"), "--previous-slice", "4",
+                *TINY_PRIOR])
+    out = tmp_path / "volumes"
+    sample_volume.main(["--vqvae", str(trained / "vqvae" / "model"), "--prior", str(trained / "prior" / "model"),
+                        "--volume-prior", str(run / "model"), "-n", "2", "--out", str(out), "--seed", "3"])
+    assert sorted(p.name for p in out.iterdir()) == ["volume_000.nii.gz", "volume_000.png",
+                                                     "volume_001.nii.gz", "volume_001.png"]
+    volume = NiftiVolume(out / "volume_000.nii.gz")
+    assert volume.shape == (256, 256, 32)  # the prior's 32 positions, axial slices last
+    with pytest.raises(SystemExit, match="no volume prior"):
+        sample_volume.main(["--vqvae", str(trained / "vqvae" / "model"), "--prior", str(trained / "prior" / "model"),
+                            "-n", "1", "--out", str(out)])

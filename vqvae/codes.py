@@ -60,3 +60,14 @@ def load_codes(path: str | Path) -> dict[str, torch.Tensor]:
 def code_counts(codes: torch.Tensor, num_codes: int) -> torch.Tensor:
     """How often each of the ``num_codes`` codes occurs in ``codes``."""
     return torch.bincount(codes.flatten(), minlength=num_codes)
+
+
+def slice_pairs(subjects: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (current, below) of every slice k >= 1 whose slice k - 1 of the same subject is
+    in the set: the training pairs of a prior conditioned on the slice below."""
+    where = {(int(s), int(k)): i for i, (s, k) in enumerate(zip(subjects.tolist(), positions.tolist())) if s >= 0}
+    pairs = [(i, where[(s, k - 1)]) for (s, k), i in where.items() if k >= 1 and (s, k - 1) in where]
+    if not pairs:
+        raise ValueError("no pairs of neighbouring slices (case_<subject>_slice_<k> and k - 1) in these codes")
+    current, below = zip(*sorted(pairs))
+    return torch.tensor(current), torch.tensor(below)

@@ -285,3 +285,27 @@ def sample_codes(prior: GatedPixelCNN, n: int, position: int | torch.Tensor | No
         grids.append(SAMPLERS[sampler](prior, count, positions=chunk, temperature=temperature, top_k=top_k,
                                        generator=torch.Generator().manual_seed(seed + b), previous=below))
     return torch.cat(grids)
+
+
+def iter_volume(prior: GatedPixelCNN, volume_prior: GatedPixelCNN, n: int, slices: int | None = None,
+                temperature: float = 1.0, top_k: int | None = None, seed: int = 0):
+    """Sample n coherent volumes slice by slice, bottom up: slice 0 from the ordinary prior at
+    position 0, slice k from the volume prior at position k given slice k - 1. Yields (k, code
+    grids of slice k (n, H, W)) as each slice completes; one random stream for the whole volume."""
+    if not volume_prior.previous_slice:
+        raise ValueError("the volume prior is not conditioned on the slice below (previous_slice = 0)")
+    slices = slices or volume_prior.num_positions
+    generator = torch.Generator().manual_seed(seed)
+    below = None
+    for k in range(slices):
+        model = prior if k == 0 else volume_prior
+        below = sample_cached(model, n, positions=torch.full((n,), k), temperature=temperature, top_k=top_k,
+                              generator=generator, previous=below)
+        yield k, below
+
+
+def sample_volume(prior, volume_prior, n: int, slices: int | None = None, temperature: float = 1.0,
+                  top_k: int | None = None, seed: int = 0) -> torch.Tensor:
+    """-> code grids (n, slices, H, W) of n volumes (see ``iter_volume``)."""
+    grids = [codes for _, codes in iter_volume(prior, volume_prior, n, slices, temperature, top_k, seed)]
+    return torch.stack(grids, dim=1)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .adversarial import Adversary, PatchDiscriminator
-from .codes import code_counts, codes_path, load_codes, save_codes
+from .codes import code_counts, codes_path, load_codes, save_codes, slice_pairs
 from .data import load_split
 from .generation import SliceCNN, position_accuracy
 from .hub import CONFIG, FREQUENCIES, load_model
@@ -196,6 +196,8 @@ class PriorTraining(RunConfig, DataConfig):
     init: str | None = option(None, "start from this trained prior's weights (same channels, layers and kernel); "
                                     "a location map it lacks starts at zero")
     drop_position: float = option(0.1, "train this fraction without the slice position, for unconditional sampling")
+    previous_slice: int = option(0, "condition on the code grid of the slice below, embedded in this many channels "
+                                    "(0 = off): the volume prior, trained on pairs of neighbouring slices")
 
 
 def prepare_codes(config: PriorTraining, vqvae: VQVAE) -> dict[str, dict]:
@@ -219,34 +221,51 @@ def train_prior(config: PriorTraining) -> dict:
     splits = prepare_codes(config, vqvae)
     train, validate = splits["train"], splits["validate"]
     prior = GatedPixelCNN(num_codes=vqvae.num_codes, channels=config.channels, layers=config.layers,
-                          kernel=config.kernel, grid_size=train["codes"].shape[-1], coordinates=config.coordinates)
+                          kernel=config.kernel, grid_size=train["codes"].shape[-1], coordinates=config.coordinates,
+                          previous_slice=config.previous_slice)
     if config.init:
-        load_into(prior, load_model(GatedPixelCNN, config.init), new=("coordinate",))
+        load_into(prior, load_model(GatedPixelCNN, config.init), new=("coordinate", "previous"))
+    # Each training item: a code grid, and (volume prior) the grid of the slice below it.
+    items, below = torch.arange(len(train["codes"])), None
+    if config.previous_slice:
+        items, below = slice_pairs(train["subjects"], train["positions"])
+        validate_items, validate_below = slice_pairs(validate["subjects"], validate["positions"])
     optimizer = torch.optim.Adam(prior.parameters(), lr=config.lr)
-    run = TrainingRun(config, prior, optimizer, len(train["codes"]))
+    run = TrainingRun(config, prior, optimizer, len(items))
     forward = parallel(prior, config.compile)
-    def prior_loss(module, codes, positions, context):
+    def batch(index):
+        """-> (codes, positions, the slices below or None) of training items ``index``."""
+        codes, positions = train["codes"][items[index]], train["positions"][items[index]].clone()
+        return (codes.to(run.device), positions.to(run.device),
+                None if below is None else train["codes"][below[index]].to(run.device))
+
+    def prior_loss(module, codes, positions, previous, context):
         with context:
-            logits = module(codes, positions)
+            logits = module(codes, positions) if previous is None else module(codes, positions, previous)
         return code_nll(logits.float(), codes)
 
-    sample = train["codes"][:config.batch_size].to(run.device), train["positions"][:config.batch_size].to(run.device)
-    run.choose_precision(lambda probe, b, context: prior_loss(probe, *b, context), sample)
+    run.choose_precision(lambda probe, b, context: prior_loss(probe, *b, context),
+                         batch(torch.arange(min(config.batch_size, len(items)))))
     baselines = {"uniform_bits": math.log2(vqvae.num_codes),
                  "unigram_bits": unigram_bits(validate["codes"], vqvae.num_codes)}
+    if config.previous_slice:
+        pair = (validate["codes"][validate_items], validate["positions"][validate_items],
+                validate["codes"][validate_below])
+        if config.init:  # the start is the trained prior exactly: what independent slices score
+            baselines["nll_bits_independent"] = nll_bits(load_model(GatedPixelCNN, config.init), *pair[:2])
 
     def evaluate():
+        if config.previous_slice:
+            return {"nll_bits": nll_bits(prior, pair[0], pair[1], previous=pair[2]), **baselines}
         return {"nll_bits": nll_bits(prior, validate["codes"], validate["positions"]),
                 "nll_bits_no_position": nll_bits(prior, validate["codes"], None), **baselines}
 
     prior.train()
     while not run.finished():
-        index = run.next_batch()
-        codes, positions = train["codes"][index], train["positions"][index].clone()
-        positions[torch.rand(len(index)) < config.drop_position] = -1
-        codes, positions = codes.to(run.device), positions.to(run.device)
+        codes, positions, previous = batch(run.next_batch())
+        positions[(torch.rand(len(positions)) < config.drop_position).to(positions.device)] = -1
         run.apply_learning_rate()
-        loss = prior_loss(forward, codes, positions, run.autocast())
+        loss = prior_loss(forward, codes, positions, previous, run.autocast())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
