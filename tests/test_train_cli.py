@@ -379,3 +379,23 @@ def test_sample_volume_writes_nifti_volumes(trained, oasis_like, tmp_path):
     with pytest.raises(SystemExit, match="no volume prior"):
         sample_volume.main(["--vqvae", str(trained / "vqvae" / "model"), "--prior", str(trained / "prior" / "model"),
                             "-n", "1", "--out", str(out)])
+
+
+def test_evaluate_volume_measures_sampled_baseline_and_real_volumes(trained, oasis_like, tmp_path, capsys):
+    from train import evaluate_volume
+    from vqvae.data import load_split
+    from vqvae.generation import SliceCNN
+    from vqvae.volume import real_volumes, volume_similarity
+    volume_prior = GatedPixelCNN(num_codes=16, channels=8, layers=2, previous_slice=4, num_positions=4)
+    volume_prior.save_pretrained(tmp_path / "volume")
+    SliceCNN(num_classes=4, width=8, feature_dim=8).save_pretrained(tmp_path / "features")
+    evaluate_volume.main(["--vqvae", str(trained / "vqvae" / "model"), "--prior", str(trained / "prior" / "model"),
+                          "--volume-prior", str(tmp_path / "volume"), "--data", str(oasis_like),
+                          "--features", str(tmp_path / "features"), "-n", "2", "--json"])
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [r["kind"] for r in rows] == ["real validate volumes", "sampled volumes (volume prior)",
+                                         "independent slices at each k (baseline)"]
+    validate = load_split(oasis_like, "validate")
+    real = volume_similarity(real_volumes(validate.images, validate.subjects, validate.positions))
+    assert rows[0]["consecutive_ssim"] == pytest.approx(real["consecutive_ssim"])
+    assert rows[1]["volumes"] == 2 and rows[1]["seconds_per_volume"] > 0

@@ -40,3 +40,32 @@ def strip(volume: np.ndarray, every: int = 4) -> np.ndarray:
     """Every ``every``-th slice side by side, uint8: a PNG preview of a volume."""
     picked = volume[::every]
     return np.concatenate(list(picked), axis=1)
+
+
+def real_volumes(images, subjects, positions) -> np.ndarray:
+    """A split's slices regrouped into volumes: uint8 (subjects, slices, H, W), k in order; only
+    subjects with every position 0..max."""
+    import torch
+    count = int(positions.max()) + 1
+    volumes = []
+    for subject in torch.unique(subjects).tolist():
+        mine = (subjects == subject).nonzero()[:, 0]
+        order = mine[positions[mine].argsort()]
+        if positions[order].tolist() == list(range(count)):
+            volumes.append(images[order, 0].numpy())
+    return np.stack(volumes)
+
+
+def volume_similarity(volumes: np.ndarray) -> dict[str, float]:
+    """Mean SSIM (scikit-image's definition, ``ssim_torch``) between consecutive slices of each
+    volume, and between its first and last slice: a volume must hang together (high
+    consecutive SSIM) and still change from bottom to top (first-vs-last well below it)."""
+    import torch
+
+    from .images import to_unit
+    from .metrics import ssim_torch
+    x = to_unit(torch.from_numpy(np.asarray(volumes)))  # (V, S, H, W)
+    consecutive = torch.stack([ssim_torch(v[:-1, None], v[1:, None]).mean() for v in x])
+    ends = ssim_torch(x[:, :1], x[:, -1:])
+    return {"consecutive_ssim": float(consecutive.mean()), "first_last_ssim": float(ends.mean()),
+            "volumes": len(x)}
