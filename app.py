@@ -14,6 +14,7 @@ import argparse
 import functools
 import logging
 import os
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -26,7 +27,8 @@ from gradio.utils import NamedString
 
 from vqvae import demo
 from vqvae.hub import Models, load_models
-from vqvae.upload import MAX_UPLOAD_BYTES, InputError, read_upload
+from vqvae.upload import MAX_UPLOAD_BYTES, InputError, is_nifti, read_upload
+from vqvae.volume import write_nifti
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 BUNDLED = ASSETS / "models"  # the weights that ship with the app
@@ -106,6 +108,12 @@ class UploadFile(gr.File):
         return NamedString(f.path)
 
 
+def nifti_file(volume: np.ndarray, name: str) -> str:
+    """A volume written to a fresh temporary .nii.gz for download (Gradio copies it into its
+    cache, which is emptied on schedule)."""
+    return str(write_nifti(volume, Path(tempfile.mkdtemp(prefix="brainvq-")) / name))
+
+
 def build(models: Models, delete_after: int | None = None) -> gr.Blocks:
     """The page. Every ``delete_after`` seconds (default: ``cache_seconds()``) Gradio deletes the
     cached uploads and outputs older than that."""
@@ -173,6 +181,30 @@ def build(models: Models, delete_after: int | None = None) -> gr.Blocks:
                                                       decoder_name=decoder_name):
             yield [shown(image) for image in images], f"{rows}/{total} rows sampled"
 
+    @user_errors
+    def reconstruct_whole(file):
+        if file is None or not is_nifti(file):
+            raise InputError("upload a NIfTI volume (.nii or .nii.gz) first")
+        rebuilt, note = demo.reconstruct_volume(vqvae, file)
+        return nifti_file(rebuilt, "reconstruction.nii.gz"), f"Reconstructed {note}; the download holds all of them."
+
+    @user_errors_stream
+    def sample_volume(temperature, top_k, seed, decoder_name="realistic"):
+        """Streams the volume as it fills (the newest slice shown), then offers the .nii.gz."""
+        for slices, done, total in demo.volume_stream(models, temperature, top_k, seed, decoder_name):
+            volume = np.stack(slices)
+            finished = done == total
+            yield (shown(slices[-1]), gr.Slider(maximum=max(done - 1, 1), value=done - 1, visible=True), volume,
+                   f"{done}/{total} slices sampled" + (": scroll with the slider" if finished else ""),
+                   nifti_file(volume, "brainvq_volume.nii.gz") if finished else None)
+
+    @user_errors
+    def show_volume_slice(volume, k):
+        if volume is None:
+            raise InputError("sample a volume first")
+        k = demo.whole_number(k, "volume slice", 0, len(volume) - 1)
+        return shown(volume[k])
+
     @user_errors_stream
     def complete(codes, keep_rows, temperature, top_k, seed, decoder_name="realistic"):
         if codes is None:
@@ -205,6 +237,10 @@ def build(models: Models, delete_after: int | None = None) -> gr.Blocks:
                 gr.Markdown(TWO_DECODERS)
             summary = gr.Markdown("Non-square or non-256x256 images are padded with black to a square "
                                   "and resized to 256x256; the note below the metrics says what was done.")
+            with gr.Row():
+                whole_button = gr.Button("Reconstruct the whole NIfTI volume")
+                whole_file = gr.File(label="Reconstructed volume (.nii.gz)", interactive=False)
+            whole_status = gr.Markdown()
         with gr.Tab("Codebook map"):
             with gr.Row():
                 code_image = gr.Image(label="Code grid: brightness = what a code decodes to, hue = which code; "
@@ -234,6 +270,17 @@ def build(models: Models, delete_after: int | None = None) -> gr.Blocks:
                 complete_button = gr.Button("Complete the uploaded slice")
             status = gr.Markdown()
             gallery = gr.Gallery(label="Samples", columns=4, height="auto", format="png")
+            with gr.Group(visible=models.volume_prior is not None):
+                gr.Markdown("**A whole volume**: 32 axial slices drawn bottom up, each given the one below.")
+                with gr.Row():
+                    volume_button = gr.Button("Sample a volume", variant="primary")
+                    volume_status = gr.Markdown()
+                with gr.Row():
+                    volume_view = gr.Image(label="Volume slice", image_mode="L", format="png", interactive=False)
+                    with gr.Column():
+                        volume_slider = Slider(0, 1, value=0, step=1, label="Slice k", visible=False)
+                        volume_file = gr.File(label="Volume (.nii.gz)", interactive=False)
+            current_volume = gr.State(None)
 
         recon_outputs = [shown_input, shown_recon, shown_error, summary, slice_index,
                          current_image, current_codes, code_image, usage_plot, code, highlighted, decoded,
@@ -245,6 +292,11 @@ def build(models: Models, delete_after: int | None = None) -> gr.Blocks:
         opacity.release(redraw_map, [current_image, current_codes, opacity], [code_image], api_name="code_map")
         sample_button.click(sample, [n, temperature, top_k, seed, position, decoder_name], [gallery, status],
                             api_name="sample")
+        whole_button.click(reconstruct_whole, [upload], [whole_file, whole_status], api_name="reconstruct_volume")
+        volume_button.click(sample_volume, [temperature, top_k, seed, decoder_name],
+                            [volume_view, volume_slider, current_volume, volume_status, volume_file],
+                            api_name="sample_volume")
+        volume_slider.change(show_volume_slice, [current_volume, volume_slider], [volume_view], api_name=False)
         complete_button.click(complete, [current_codes, keep_rows, temperature, top_k, seed, decoder_name],
                               [gallery, status], api_name="complete")
     return app

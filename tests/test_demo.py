@@ -327,3 +327,31 @@ def test_sampling_decodes_with_the_chosen_decoder(two_decoders, tiny_models):
     assert not np.array_equal(drawn[0], plain[0])
     *_, (only, _, _) = demo.sample_stream(tiny_models, 1, seed=3, decoder_name="realistic")
     assert np.array_equal(only[0], plain[0])  # weights without a realistic decoder: the faithful one
+
+
+def test_volume_stream_needs_a_volume_prior_and_fills_slice_by_slice(tiny_models, tiny_weights, tmp_path):
+    import shutil
+    from vqvae.hub import VOLUME_PRIOR, load_models
+    from vqvae.prior import GatedPixelCNN
+    with pytest.raises(InputError, match="no volume prior"):
+        next(demo.volume_stream(tiny_models))
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_weights, weights)
+    GatedPixelCNN(num_codes=16, channels=8, layers=2, num_positions=4, previous_slice=4).save_pretrained(
+        weights / VOLUME_PRIOR)
+    models = load_models(str(weights), None)
+    updates = [(len(slices), done, total) for slices, done, total in demo.volume_stream(models, seed=2)]
+    assert updates == [(1, 1, 4), (2, 2, 4), (3, 3, 4), (4, 4, 4)]
+    *_, (slices, _, _) = demo.volume_stream(models, seed=2)
+    again = list(demo.volume_stream(models, seed=2))[-1][0]
+    assert all(np.array_equal(a, b) for a, b in zip(slices, again))  # a seed gives one volume
+
+
+def test_reconstruct_volume_covers_every_slice(tiny_models, tmp_path):
+    nibabel = import_or_skip("nibabel")
+    data = np.random.default_rng(0).random((64, 48, 3)).astype(np.float32)
+    nibabel.save(nibabel.Nifti1Image(data, np.eye(4)), str(tmp_path / "v.nii.gz"))
+    rebuilt, note = demo.reconstruct_volume(tiny_models.vqvae, tmp_path / "v.nii.gz")
+    assert rebuilt.shape == (3, 256, 256) and rebuilt.dtype == np.uint8 and "3 slices of 64x48" in note
+    single, *_ = upload.read_upload(tmp_path / "v.nii.gz", slice_index=1)  # one rule for a slice and a volume
+    assert np.array_equal(rebuilt[1], demo.reconstruct_slice(tiny_models.vqvae, single)["reconstruction"])

@@ -12,8 +12,8 @@ from .hub import Models
 from .images import error_map, slice_tensor, to_uint8, to_unit
 from .metrics import image_metrics
 from .model import VQVAE
-from .sampling import iter_rows_cached
-from .upload import InputError
+from .sampling import iter_rows_cached, iter_volume
+from .upload import InputError, NiftiVolume, fit_to_square
 
 MAX_SAMPLES = 16
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
@@ -190,3 +190,32 @@ def sample_stream(models: Models, n, temperature=1.0, top_k=0, seed=0, position=
     for rows, codes in rows_iter:
         if rows % every == 0 or rows == prior.grid_size:
             yield partial_decode(vqvae, codes, rows), rows, prior.grid_size
+
+
+# -- volumes -------------------------------------------------------------------------------
+
+def volume_stream(models: Models, temperature=1.0, top_k=0, seed=0, decoder_name: str | None = None):
+    """Sample one volume slice by slice, bottom up (``sampling.iter_volume``); yield (slices so
+    far, uint8 (H, W) each, slices done, slices total) after each slice."""
+    if models.volume_prior is None:
+        raise InputError("these weights have no volume prior (prior-volume/): volumes cannot be sampled")
+    temperature = real_number(temperature, "temperature", 0.0, 10.0)
+    top_k = whole_number(top_k, "top-k", 0, models.prior.num_codes)
+    seed = whole_number(seed, "seed", 0, MAX_SEED)
+    vqvae = decoder(models, decoder_name)
+    slices, total = [], models.volume_prior.num_positions
+    for k, codes in iter_volume(models.prior, models.volume_prior, 1, total, temperature, top_k or None, seed):
+        slices.append(to_uint8(vqvae.decode(codes)[0, 0]))
+        yield slices, k + 1, total
+
+
+@torch.no_grad()
+def reconstruct_volume(vqvae: VQVAE, path, batch_size: int = 8) -> tuple[np.ndarray, str]:
+    """Every axial slice of an uploaded NIfTI volume through the VQ-VAE (each made 256x256 as a
+    single slice is) -> (uint8 (slices, 256, 256) reconstructions, a note for the user)."""
+    volume = NiftiVolume(path)
+    images = np.stack([fit_to_square(volume.slice_uint8(k))[0] for k in range(volume.count)])
+    rebuilt = [to_uint8(vqvae.reconstruct(to_unit(torch.from_numpy(images[i:i + batch_size]))[:, None])[0][:, 0])
+               for i in range(0, len(images), batch_size)]
+    note = f"{volume.count} slices of {volume.shape[0]}x{volume.shape[1]}, each made {images.shape[1]}x{images.shape[2]}"
+    return np.concatenate(rebuilt), note

@@ -31,7 +31,8 @@ from .prior import GatedPixelCNN
 
 CONFIG, WEIGHTS, FREQUENCIES = "config.json", "model.safetensors", "code_frequencies.json"
 PARTS = ("vqvae", "prior")   # required
-REALISTIC = "vqvae-realistic"  # optional
+REALISTIC = "vqvae-realistic"  # optional: a decoder trained adversarially on the same codes
+VOLUME_PRIOR = "prior-volume"  # optional: the prior conditioned on the slice below, for volumes
 log = logging.getLogger("brainvq")
 
 
@@ -103,6 +104,7 @@ class Models:
     source: str  # where the weights came from, for the log and the page (never a server path)
     code_frequencies: np.ndarray | None = None  # training frequency of each code
     realistic: VQVAE | None = None  # the adversarially trained decoder on the same codes, if shipped
+    volume_prior: GatedPixelCNN | None = None  # the prior conditioned on the slice below, if shipped
 
 
 def is_weights_dir(path: str | Path | None) -> bool:
@@ -119,7 +121,7 @@ def resolve_weights(source: str | None, bundled: str | Path | None) -> tuple[Pat
             log.warning("%s lacks vqvae/ and prior/ model directories; using the bundled weights", path)
         else:
             from huggingface_hub import snapshot_download
-            patterns = [f"{name}/*" for name in (*PARTS, REALISTIC)] + ["*.md"]
+            patterns = [f"{name}/*" for name in (*PARTS, REALISTIC, VOLUME_PRIOR)] + ["*.md"]
             try:
                 return Path(snapshot_download(source, allow_patterns=patterns)), f"Hub repo {source}"
             except Exception as error:  # offline, unknown repo, rate limit...
@@ -144,11 +146,17 @@ def load_models(source: str | None, bundled: str | Path | None = None) -> Models
     if is_model_dir(path / REALISTIC):
         realistic = load_model(VQVAE, path / REALISTIC)
         check_same_codes(vqvae, realistic, path / REALISTIC)
+    volume_prior = None
+    if is_model_dir(path / VOLUME_PRIOR):
+        volume_prior = load_model(GatedPixelCNN, path / VOLUME_PRIOR)
+        if volume_prior.num_codes != vqvae.num_codes or not volume_prior.previous_slice:
+            raise ModelLoadError(f"{path / VOLUME_PRIOR}: not a prior conditioned on the slice below, "
+                                 f"over the VQ-VAE's {vqvae.num_codes} codes")
     frequencies = None
     if (path / "prior" / FREQUENCIES).is_file():
         frequencies = np.asarray(json.loads((path / "prior" / FREQUENCIES).read_text()), dtype=np.float64)
     log.info("loaded models from %s (%s)", description, path)
-    return Models(vqvae, prior, description, frequencies, realistic)
+    return Models(vqvae, prior, description, frequencies, realistic, volume_prior)
 
 
 def check_same_codes(faithful: VQVAE, other: VQVAE, where):
