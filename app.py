@@ -138,12 +138,13 @@ def build(models: Models, delete_after: int | None = None) -> gr.Blocks:
             invented = shown(other["reconstruction"])
             summary += "  \n" + metrics_line("Realistic", other["metrics"])
         summary += f"  \nInput: {note}"
+        surprise_image, surprise_text = demo.surprise_view(models, image, result["codes"])
         slider = gr.Slider(maximum=max(count - 1, 1), visible=count > 1, value=index)
         usage = pd.DataFrame(demo.code_usage(result["codes"], models.code_frequencies))
         code = demo.most_used_code(result["codes"])  # code 0 usually does not occur in the slice
         return (shown(image), shown(result["reconstruction"]), shown(result["error"]), summary, slider,
                 image, result["codes"], *code_view(image, result["codes"], 1.0), usage, code,
-                *show_code(image, result["codes"], code), invented)
+                *show_code(image, result["codes"], code), invented, shown(surprise_image), surprise_text)
 
     def metrics_line(name, m):
         brain = "n/a (no brain pixels)" if np.isnan(m["ssim_brain"]) else f"{m['ssim_brain']:.4f}"
@@ -238,6 +239,10 @@ def build(models: Models, delete_after: int | None = None) -> gr.Blocks:
             summary = gr.Markdown("Non-square or non-256x256 images are padded with black to a square "
                                   "and resized to 256x256; the note below the metrics says what was done.")
             with gr.Row():
+                surprise_map = gr.Image(label="Surprise: each code's negative log-likelihood under the prior",
+                                        format="png", interactive=False)
+                surprise_summary = gr.Markdown()
+            with gr.Row():
                 whole_button = gr.Button("Reconstruct the whole NIfTI volume")
                 whole_file = gr.File(label="Reconstructed volume (.nii.gz)", interactive=False)
             whole_status = gr.Markdown()
@@ -284,7 +289,7 @@ def build(models: Models, delete_after: int | None = None) -> gr.Blocks:
 
         recon_outputs = [shown_input, shown_recon, shown_error, summary, slice_index,
                          current_image, current_codes, code_image, usage_plot, code, highlighted, decoded,
-                         shown_realistic]
+                         shown_realistic, surprise_map, surprise_summary]
         upload.change(reconstruct, [upload], recon_outputs, api_name="reconstruct")
         slice_index.release(reconstruct, [upload, slice_index], recon_outputs, api_name="reconstruct_slice")
         show.click(show_code, [current_image, current_codes, code], [highlighted, decoded], api_name="show_code")

@@ -355,3 +355,12 @@ def test_reconstruct_volume_covers_every_slice(tiny_models, tmp_path):
     assert rebuilt.shape == (3, 256, 256) and rebuilt.dtype == np.uint8 and "3 slices of 64x48" in note
     single, *_ = upload.read_upload(tmp_path / "v.nii.gz", slice_index=1)  # one rule for a slice and a volume
     assert np.array_equal(rebuilt[1], demo.reconstruct_slice(tiny_models.vqvae, single)["reconstruction"])
+
+
+def test_surprise_view_totals_the_per_code_bits(tiny_models):
+    from vqvae.surprise import code_surprise
+    image = synthetic_slice(np.random.default_rng(6), 256)
+    codes = demo.reconstruct_slice(tiny_models.vqvae, image)["codes"]
+    heat, text = demo.surprise_view(tiny_models, image, codes)
+    total = code_surprise(tiny_models.prior, torch.from_numpy(codes)[None])[0].sum().item()
+    assert heat.shape == (256, 256, 3) and f"{total:.0f} bits" in text

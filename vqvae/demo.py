@@ -13,6 +13,7 @@ from .images import error_map, slice_tensor, to_uint8, to_unit
 from .metrics import image_metrics
 from .model import VQVAE
 from .sampling import iter_rows_cached, iter_volume
+from .surprise import code_surprise, heat_map
 from .upload import InputError, NiftiVolume, fit_to_square
 
 MAX_SAMPLES = 16
@@ -190,6 +191,23 @@ def sample_stream(models: Models, n, temperature=1.0, top_k=0, seed=0, position=
     for rows, codes in rows_iter:
         if rows % every == 0 or rows == prior.grid_size:
             yield partial_decode(vqvae, codes, rows), rows, prior.grid_size
+
+
+# -- surprise -----------------------------------------------------------------------------
+
+def surprise_view(models: Models, image: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, str]:
+    """The slice's per-code surprise under the prior as a heat map, and its total in bits beside
+    what unaltered validate slices score (where the weights carry that reference)."""
+    bits = code_surprise(models.prior, torch.from_numpy(np.asarray(codes)).long()[None])[0].numpy()
+    total = float(bits.sum())
+    text = f"**Surprise under the prior:** {total:.0f} bits for the whole slice"
+    reference = models.surprise_reference
+    if reference:
+        text += (f" (unaltered validate slices: {reference['total_bits_mean']:.0f} ± "
+                 f"{reference['total_bits_std']:.0f}, 99th percentile {reference['total_bits_p99']:.0f})")
+    text += (". Bright cells are codes the prior did not expect; a causal prior also spreads surprise "
+             "below and to the right of them.")
+    return heat_map(bits, image), text
 
 
 # -- volumes -------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from safetensors.torch import load_file
 
 from .model import VQVAE
 from .prior import GatedPixelCNN
+from .surprise import SURPRISE_REFERENCE
 
 CONFIG, WEIGHTS, FREQUENCIES = "config.json", "model.safetensors", "code_frequencies.json"
 PARTS = ("vqvae", "prior")   # required
@@ -105,6 +106,7 @@ class Models:
     code_frequencies: np.ndarray | None = None  # training frequency of each code
     realistic: VQVAE | None = None  # the adversarially trained decoder on the same codes, if shipped
     volume_prior: GatedPixelCNN | None = None  # the prior conditioned on the slice below, if shipped
+    surprise_reference: dict | None = None  # validate's total surprise under the prior (mean, std, p99)
 
 
 def is_weights_dir(path: str | Path | None) -> bool:
@@ -155,8 +157,11 @@ def load_models(source: str | None, bundled: str | Path | None = None) -> Models
     frequencies = None
     if (path / "prior" / FREQUENCIES).is_file():
         frequencies = np.asarray(json.loads((path / "prior" / FREQUENCIES).read_text()), dtype=np.float64)
+    reference = None
+    if (path / "prior" / SURPRISE_REFERENCE).is_file():
+        reference = json.loads((path / "prior" / SURPRISE_REFERENCE).read_text())
     log.info("loaded models from %s (%s)", description, path)
-    return Models(vqvae, prior, description, frequencies, realistic, volume_prior)
+    return Models(vqvae, prior, description, frequencies, realistic, volume_prior, reference)
 
 
 def check_same_codes(faithful: VQVAE, other: VQVAE, where):
