@@ -276,7 +276,8 @@ def build(models: Models, delete_after: int | None = None) -> gr.Blocks:
             status = gr.Markdown()
             gallery = gr.Gallery(label="Samples", columns=4, height="auto", format="png")
             with gr.Group(visible=models.volume_prior is not None):
-                gr.Markdown("**A whole volume**: 32 axial slices drawn bottom up, each given the one below.")
+                slices = models.volume_prior.num_positions if models.volume_prior is not None else 0
+                gr.Markdown(f"**A whole volume**: {slices} axial slices drawn bottom up, each given the one below.")
                 with gr.Row():
                     volume_button = gr.Button("Sample a volume", variant="primary")
                     volume_status = gr.Markdown()
