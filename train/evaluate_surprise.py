@@ -26,7 +26,8 @@ from vqvae.data import load_split
 from vqvae.hub import load_model
 from vqvae.model import VQVAE
 from vqvae.prior import GatedPixelCNN
-from vqvae.surprise import SURPRISE_REFERENCE, auc, cells_covering, code_surprise, paste_lesion
+from vqvae.surprise import (SURPRISE_REFERENCE, auc, cell_statistics, cells_covering, code_surprise, normalised,
+                            paste_lesion)
 from train.cli import run_or_fail
 
 
@@ -34,9 +35,13 @@ def evaluate(args) -> dict:
     vqvae, prior = load_model(VQVAE, args.vqvae), load_model(GatedPixelCNN, args.prior)
     validate = load_split(args.data, "validate", progress=not args.json)
     totals = code_surprise(prior, encode_images(vqvae, validate.images)).sum(dim=(1, 2)).numpy()
+    # what each cell's surprise is on normal slices: from train, never from the slices judged
+    train = load_split(args.data, "train", progress=not args.json)
+    normal = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))[:args.normal]
+    mean, std = cell_statistics(code_surprise(prior, encode_images(vqvae, train.images[normal])))
     rng = np.random.default_rng(args.seed)
     picks = rng.choice(len(validate), size=min(args.n, len(validate)), replace=False)
-    lesion_bits, other_bits = [], []
+    lesion_bits, other_bits, lesion_z, other_z = [], [], [], []
     for index in picks:
         image = validate.images[index, 0].numpy()
         lesioned, mask = paste_lesion(image, rng)
@@ -47,9 +52,13 @@ def evaluate(args) -> dict:
         brain = cells_covering(image > 0, grid, min_fraction=0.5) & ~lesion
         lesion_bits.append(bits[lesion])
         other_bits.append(bits[brain])
+        scores = normalised(bits, mean, std)
+        lesion_z.append(scores[lesion])
+        other_z.append(scores[brain])
     positive, negative = np.concatenate(lesion_bits), np.concatenate(other_bits)
     return {"slices": len(picks), "lesion_codes": len(positive), "other_in_brain_codes": len(negative),
-            "auc": auc(positive, negative), "lesion_bits_mean": float(positive.mean()),
+            "auc": auc(positive, negative), "auc_normalised": auc(np.concatenate(lesion_z), np.concatenate(other_z)),
+            "cell_mean": mean.tolist(), "cell_std": std.tolist(), "lesion_bits_mean": float(positive.mean()),
             "other_bits_mean": float(negative.mean()),
             "reference_total_bits_mean": float(totals.mean()), "reference_total_bits_std": float(totals.std()),
             "reference_total_bits_p99": float(np.quantile(totals, 0.99)), "reference_slices": len(totals)}
@@ -62,6 +71,7 @@ def main(argv=None):
     parser.add_argument("--data", required=True)
     parser.add_argument("-n", type=int, default=200, help="validate slices that get a lesion")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--normal", type=int, default=1000, help="train slices for each cell's normal surprise")
     parser.add_argument("--out", help="write surprise_reference.json (the app's reference) into this folder")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
