@@ -108,10 +108,18 @@ class UploadFile(gr.File):
         return NamedString(f.path)
 
 
-def nifti_file(volume: np.ndarray, name: str) -> str:
-    """A volume written to a fresh temporary .nii.gz for download (Gradio copies it into its
-    cache, which is emptied on schedule)."""
-    return str(write_nifti(volume, Path(tempfile.mkdtemp(prefix="brainvq-")) / name))
+DOWNLOADS = Path(tempfile.mkdtemp(prefix="brainvq-downloads-"))  # this server's own, pruned on every write
+
+
+def nifti_file(volume: np.ndarray, name: str, keep_seconds: int) -> str:
+    """A volume written to a fresh .nii.gz for download. Gradio copies it into its own cache
+    (emptied on schedule); the copies here older than ``keep_seconds`` are deleted first."""
+    import time
+    for old in DOWNLOADS.glob("*/*.nii.gz"):
+        if time.time() - old.stat().st_mtime > keep_seconds:
+            old.unlink(missing_ok=True)
+            old.parent.rmdir()
+    return str(write_nifti(volume, Path(tempfile.mkdtemp(dir=DOWNLOADS)) / name))
 
 
 def build(models: Models, delete_after: int | None = None) -> gr.Blocks:
@@ -187,7 +195,7 @@ def build(models: Models, delete_after: int | None = None) -> gr.Blocks:
         if file is None or not is_nifti(file):
             raise InputError("upload a NIfTI volume (.nii or .nii.gz) first")
         rebuilt, note = demo.reconstruct_volume(vqvae, file)
-        return nifti_file(rebuilt, "reconstruction.nii.gz"), f"Reconstructed {note}; the download holds all of them."
+        return nifti_file(rebuilt, "reconstruction.nii.gz", seconds), f"Reconstructed {note}; the download holds all of them."
 
     @user_errors_stream
     def sample_volume(temperature, top_k, seed, decoder_name="realistic"):
@@ -197,7 +205,7 @@ def build(models: Models, delete_after: int | None = None) -> gr.Blocks:
             finished = done == total
             yield (shown(slices[-1]), gr.Slider(maximum=max(done - 1, 1), value=done - 1, visible=True), volume,
                    f"{done}/{total} slices sampled" + (": scroll with the slider" if finished else ""),
-                   nifti_file(volume, "brainvq_volume.nii.gz") if finished else None)
+                   nifti_file(volume, "brainvq_volume.nii.gz", seconds) if finished else None)
 
     @user_errors
     def show_volume_slice(volume, k):

@@ -364,3 +364,19 @@ def test_surprise_view_totals_the_per_code_bits(tiny_models):
     heat, text = demo.surprise_view(tiny_models, image, codes)
     total = code_surprise(tiny_models.prior, torch.from_numpy(codes)[None])[0].sum().item()
     assert heat.shape == (256, 256, 3) and f"{total:.0f} bits" in text
+
+
+def test_image_sizes_are_refused_from_the_header_before_decoding(tmp_path, monkeypatch):
+    """The limits hold without Pillow's own bomb check and before any pixel is decoded."""
+    from PIL import Image as PILImage
+
+    def never(*args, **kwargs):
+        raise AssertionError("pixels were decoded before the size check")
+    for side, name in ((9000, "big.png"), ((200000, 8), "strip.png")):
+        PILImage.new("L", side if isinstance(side, tuple) else (side, side)).save(tmp_path / name)
+    monkeypatch.setattr(PILImage.Image, "load", never)
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", None)
+    with pytest.raises(InputError, match="megapixels"):
+        upload.read_upload(tmp_path / "big.png")
+    with pytest.raises(InputError, match="at most 8192"):
+        upload.read_upload(tmp_path / "strip.png")

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from vqvae.generation import generation_table
-from vqvae.hub import REALISTIC, is_model_dir
+from vqvae.hub import REALISTIC, VOLUME_PRIOR, is_model_dir
 from train.cli import fail, run_or_fail
 
 CITATION = ("Marcus, D. S., Wang, T. H., Parker, J., Csernansky, J. G., Morris, J. C., Buckner, R. L. "
@@ -110,9 +110,9 @@ def model_card(vqvae: dict, prior: dict, machine: str, generation: dict | None =
 
 
 def package(vqvae_dir: Path, prior_dir: Path, out: Path, machine: str, generation: Path | None = None,
-            features: Path | None = None, realistic: Path | None = None) -> Path:
+            features: Path | None = None, realistic: Path | None = None, volume_prior: Path | None = None) -> Path:
     folders = {"vqvae": vqvae_dir, "prior": prior_dir, **({"position_net": features} if features else {}),
-               **({REALISTIC: realistic} if realistic else {})}
+               **({REALISTIC: realistic} if realistic else {}), **({VOLUME_PRIOR: volume_prior} if volume_prior else {})}
     for path in folders.values():
         if not is_model_dir(path):
             raise ValueError(f"{path} is not a model directory (needs config.json and model.safetensors)")
@@ -137,6 +137,7 @@ def main(argv=None):
     parser.add_argument("--generation", type=Path, help="report.json of train.evaluate_generation")
     parser.add_argument("--features", type=Path, help="the SliceCNN of the generation metrics")
     parser.add_argument("--realistic", type=Path, help="the adversarially trained decoder (same encoder and codebook)")
+    parser.add_argument("--volume-prior", type=Path, help="the prior conditioned on the slice below (volumes)")
     parser.add_argument("--repo-id", help="Hub repo to upload to (needs a token: huggingface-cli login)")
     parser.add_argument("--out", type=Path, help="write the folder here (and upload it only with --repo-id)")
     parser.add_argument("--machine", default="a 2-core AMD Zen 4 CPU (no GPU)")
@@ -145,7 +146,7 @@ def main(argv=None):
     if not args.repo_id and not args.out:
         fail("give --repo-id to upload, --out to write the folder, or both")
     folder = run_or_fail(package, args.vqvae, args.prior, args.out or Path(tempfile.mkdtemp()), args.machine,
-                         args.generation, args.features, args.realistic)
+                         args.generation, args.features, args.realistic, args.volume_prior)
     print(f"packaged weights and model card in {folder}")
     if args.repo_id:
         from huggingface_hub import HfApi

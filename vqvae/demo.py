@@ -232,8 +232,12 @@ def reconstruct_volume(vqvae: VQVAE, path, batch_size: int = 8) -> tuple[np.ndar
     """Every axial slice of an uploaded NIfTI volume through the VQ-VAE (each made 256x256 as a
     single slice is) -> (uint8 (slices, 256, 256) reconstructions, a note for the user)."""
     volume = NiftiVolume(path)
-    images = np.stack([fit_to_square(volume.slice_uint8(k))[0] for k in range(volume.count)])
-    rebuilt = [to_uint8(vqvae.reconstruct(to_unit(torch.from_numpy(images[i:i + batch_size]))[:, None])[0][:, 0])
-               for i in range(0, len(images), batch_size)]
-    note = f"{volume.count} slices of {volume.shape[0]}x{volume.shape[1]}, each made {images.shape[1]}x{images.shape[2]}"
-    return np.concatenate(rebuilt), note
+    rebuilt = None
+    for start in range(0, volume.count, batch_size):  # the output is allocated once, filled in batches
+        images = np.stack([fit_to_square(volume.slice_uint8(k))[0] for k in range(start, min(start + batch_size,
+                                                                                             volume.count))])
+        if rebuilt is None:
+            rebuilt = np.empty((volume.count, *images.shape[1:]), np.uint8)
+        rebuilt[start:start + len(images)] = to_uint8(vqvae.reconstruct(to_unit(torch.from_numpy(images))[:, None])[0][:, 0])
+    note = f"{volume.count} slices of {volume.shape[0]}x{volume.shape[1]}, each made {rebuilt.shape[1]}x{rebuilt.shape[2]}"
+    return rebuilt, note

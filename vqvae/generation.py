@@ -217,12 +217,11 @@ def two_sample_table(candidates: dict[str, Labelled], train: Labelled, validate:
     validate vs validate (two halves by subject: must be ~0.5), train vs validate (the
     real-vs-real reference: different people), validate vs validate blurred by 1 pixel (must be
     told apart at full resolution). One row per comparison, a column per resolution."""
-    subjects = torch.unique(validate.subjects)
-    half = torch.isin(validate.subjects, subjects[::2])
+    groups = validate.groups(0)  # subjects, or each image its own where names carry none
+    half = torch.isin(groups, torch.unique(groups)[::2])
     rows = {
         "calibration: validate vs validate (two halves of the subjects)":
-            (Labelled(validate.images[half], validate.subjects[half]),
-             Labelled(validate.images[~half], validate.subjects[~half])),
+            (Labelled(validate.images[half], groups[half]), Labelled(validate.images[~half], groups[~half])),
         "reference: train vs validate (real vs real)": (train, validate),
         "calibration: validate blurred by 1 pixel vs validate":
             (Labelled(blurred(validate.images), validate.subjects), validate),

@@ -87,6 +87,26 @@ def _huge_nifti_header() -> bytes:
     return gzip.compress(header.binaryblock + b"\0" * 4 + bytes(4096))
 
 
+def _nifti_with_huge_extensions() -> bytes:
+    """A header whose voxels start 200 MB in: nibabel would read 200 MB of extensions."""
+    import nibabel
+    header = nibabel.Nifti1Header()
+    header.set_data_shape((8, 8, 4))
+    header["vox_offset"] = 200 * 2**20
+    return gzip.compress(header.binaryblock + b"\1\0\0\0" + bytes(4096))
+
+
+def _truncated_nifti() -> bytes:
+    whole = _nifti(np.random.default_rng(0).random((32, 32, 16)))
+    return whole[:len(whole) // 2]
+
+
+def _tiff_named_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(buffer, "TIFF")
+    return buffer.getvalue()
+
+
 def _nan_volume():
     volume = np.ones((16, 16, 4), np.float32)
     volume[1, 1, 1] = np.nan
@@ -113,6 +133,10 @@ BAD_UPLOADS = [
     ("decompression bomb (20000x20000)", "bomb.png", lambda: _bomb(20000), "megapixels"),
     ("8 x 200000 strip", "strip.png", _thin_strip, "at most 8192"),
     ("NIfTI header of 1024x1024x400", "huge.nii.gz", _huge_nifti_header, "the limit is 16.8 M"),
+    ("NIfTI claiming 200 MB of extensions", "ext.nii.gz", _nifti_with_huge_extensions, "1 MB of header"),
+    ("NIfTI of 8x8x4096 slices", "tall.nii.gz", lambda: _nifti(np.ones((8, 8, 4096))), "the limit is 512"),
+    ("truncated NIfTI", "cut.nii.gz", _truncated_nifti, "truncated or corrupt"),
+    ("TIFF named .png", "tiff.png", _tiff_named_png, "not a readable PNG or JPEG"),
     ("NIfTI with NaN", "nan.nii.gz", lambda: _nifti(_nan_volume()), "NaN or Inf"),
     ("NIfTI with Inf", "inf.nii.gz", lambda: _nifti(_inf_volume()), "NaN or Inf"),
     ("4-D NIfTI", "4d.nii.gz", lambda: _nifti(np.ones((8, 8, 4, 3))), "expected a 3-D NIfTI volume"),

@@ -138,6 +138,8 @@ def train_vqvae(config: VQVAETraining) -> dict:
     optimizer = torch.optim.Adam(trained.parameters(), lr=config.lr)
     companions, adversary = {}, None
     if config.adversarial:
+        if distributed_setup()[1] > 1:  # each rank would train its own discriminator
+            raise ValueError("--adversarial runs in one process (one discriminator); not under torchrun")
         discriminator = PatchDiscriminator(config.disc_channels, config.disc_layers)
         disc_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.disc_lr, betas=(0.5, 0.9))
         companions = {"discriminator": discriminator, "disc_optimizer": disc_optimizer}
@@ -153,7 +155,7 @@ def train_vqvae(config: VQVAETraining) -> dict:
 
     run.choose_precision(lambda probe, x, context: vqvae_loss(
         probe, probe.decoder if config.decoder_only else probe, x, config, context)[0],
-        batch(torch.arange(config.batch_size)))
+        batch(torch.arange(min(config.batch_size, len(train)))))
 
     # A fixed, evenly spread subset keeps periodic evaluation cheap and comparable over time.
     n_eval = len(validate) if config.eval_images <= 0 else min(config.eval_images, len(validate))
@@ -303,7 +305,7 @@ def train_position_net(config: PositionNetTraining) -> dict:
             logits = module(train.images[index].to(run.device))
         return F.cross_entropy(logits.float(), train.positions[index].to(run.device))
 
-    run.choose_precision(position_loss, torch.arange(config.batch_size))
+    run.choose_precision(position_loss, torch.arange(min(config.batch_size, len(train))))
 
     def evaluate():
         return position_accuracy(model, validate.images, validate.positions)

@@ -209,14 +209,14 @@ class TrainingRun:
         if self.precision is not None:
             return
         probe = copy.deepcopy(self.model)
-        rng = torch.get_rng_state()
 
         def step(context):
             loss_of(probe, batch, context).backward()
             probe.zero_grad(set_to_none=True)
 
-        seconds = time_precisions(step, self.device)
-        torch.set_rng_state(rng)
+        # the probe draws random numbers (codebook restarts, texture noise): none of the run's
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            seconds = time_precisions(step, self.device)
         self.precision = min(seconds, key=seconds.get)
         if self.world > 1:  # every rank trains as rank 0 measured
             flag = torch.tensor([int(self.precision == "bf16")], device=self.device)
@@ -331,6 +331,7 @@ class TrainingRun:
                      "train_seconds": self.train_seconds,
                      "last_eval_seconds": self.last_eval_seconds, "history": self.history,
                      "torch_rng": torch.get_rng_state(), "precision": self.precision,
+                     "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
                      "companions": {name: c.state_dict() for name, c in self.companions.items()}},
                     self.out / CHECKPOINT)
 
@@ -353,6 +354,8 @@ class TrainingRun:
         self.train_seconds = state["train_seconds"]
         self.last_eval_seconds, self.history = state["last_eval_seconds"], state["history"]
         torch.set_rng_state(state["torch_rng"])
+        if self.device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         # a run keeps the precision it started with (checkpoints from before the choice were fp32)
         self.precision = state.get("precision") or "fp32"
         if self.is_main:

@@ -20,6 +20,8 @@ MAX_PIXELS = 8192 * 8192     # a 2-D image, decoded
 MAX_SIDE = 8192              # either side of an image or of a volume's slice
 MAX_ASPECT = 8               # longer side / shorter side: padding to a square costs longer side ** 2
 MAX_VOXELS = 256 * 256 * 256  # a whole NIfTI volume (64 MB as float32); OASIS volumes have 6.4 M
+MAX_SLICES = 512             # axial slices of a volume (each is reconstructed on its own)
+MAX_HEADER_BYTES = 2**20     # header + extensions before the voxels: nibabel reads them all into memory
 
 
 class InputError(ValueError):
@@ -74,7 +76,7 @@ def read_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     _check_file(path)
     try:
-        with Image.open(path) as image:
+        with Image.open(path, formats=["PNG", "JPEG"]) as image:  # nothing else gets decoded
             check_shape(image.width, image.height)  # from the header: nothing decoded yet
             image.load()
             return to_grayscale_uint8(image)
@@ -88,9 +90,32 @@ def read_image(path: str | Path) -> np.ndarray:
         raise InputError(f"this is not a readable PNG or JPEG image ({type(error).__name__})") from None
 
 
+def _voxel_offset(path: Path) -> int:
+    """Where a NIfTI file's voxels start, read from its fixed header alone (NIfTI-1: a float32 at
+    byte 108 of 348; NIfTI-2: an int64 at byte 168 of 540; either byte order). Between the header
+    and that offset lie extensions, which nibabel reads whole into memory: a small .nii.gz can
+    claim gigabytes of them, so this is checked before nibabel opens the file."""
+    import gzip
+    import struct
+    opener = gzip.open if str(path).lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            head = handle.read(540)
+    except (OSError, EOFError) as error:
+        raise InputError(f"this is not a readable NIfTI volume ({type(error).__name__})") from None
+    for order in "<>":
+        if len(head) >= 348 and struct.unpack(order + "i", head[:4])[0] == 348:
+            return int(struct.unpack(order + "f", head[108:112])[0])
+        if len(head) >= 540 and struct.unpack(order + "i", head[:4])[0] == 540:
+            return int(struct.unpack(order + "q", head[168:176])[0])
+    raise InputError("this is not a readable NIfTI volume (no NIfTI-1 or NIfTI-2 header)")
+
+
 class NiftiVolume:
-    """A NIfTI file opened by its header only: shape checked against the limits, voxels read a
-    slice at a time. Axial slices are on the last axis."""
+    """A NIfTI file checked by its header before any voxel is read (extensions, shape, slices,
+    voxels against the limits), then read once, in ascending slabs from one open file (a .nii.gz
+    re-inflates from its start for every backward read), as float32: at most MAX_VOXELS, 64 MB.
+    Axial slices are on the last axis."""
 
     def __init__(self, path: str | Path):
         path = Path(path)
@@ -99,8 +124,12 @@ class NiftiVolume:
             import nibabel
         except ImportError:
             raise InputError("reading NIfTI needs the nibabel package (pip install nibabel)") from None
+        offset = _voxel_offset(path)
+        if not 0 <= offset <= MAX_HEADER_BYTES:
+            raise InputError(f"the NIfTI header puts the voxels {offset / 2**20:.0f} MB into the file; "
+                             f"the limit is {MAX_HEADER_BYTES // 2**20} MB of header and extensions")
         try:
-            self.image = nibabel.load(str(path))
+            self.image = nibabel.load(str(path), keep_file_open=True)
             shape = tuple(int(s) for s in self.image.shape)
             dtype = np.dtype(self.image.get_data_dtype())
         except Exception as error:
@@ -119,41 +148,47 @@ class NiftiVolume:
         if voxels > MAX_VOXELS:
             raise InputError(f"the NIfTI volume is {'x'.join(map(str, shape))} = {voxels / 1e6:.0f} M voxels; "
                              f"the limit is {MAX_VOXELS / 1e6:.1f} M")
+        if shape[2] > MAX_SLICES:
+            raise InputError(f"the NIfTI volume has {shape[2]} slices; the limit is {MAX_SLICES}")
         check_shape(shape[0], shape[1], "volume's slice")
         self.shape = shape
-        self._range = None
+        self._voxels = None
 
     @property
     def count(self) -> int:
         return self.shape[2]
 
-    def _slices(self, start: int, stop: int) -> np.ndarray:
-        data = self.image.dataobj
-        index = (slice(None), slice(None), slice(start, stop)) + (0,) * (len(self.image.shape) - 3)
-        if len(self.image.shape) == 2:
-            block = np.asarray(data, dtype=np.float32)[..., None]
-        else:
-            block = np.asarray(data[index], dtype=np.float32)
-        if not np.isfinite(block).all():
-            raise InputError("the NIfTI volume contains NaN or Inf values")
-        return block
+    def voxels(self) -> np.ndarray:
+        """The whole volume, float32 (H, W, slices), read once."""
+        if self._voxels is None:
+            data, raw_shape = self.image.dataobj, self.image.shape
+            volume = np.empty(self.shape, dtype=np.float32)
+            try:
+                for start in range(0, self.count, 16):
+                    if len(raw_shape) == 2:
+                        block = np.asarray(data, dtype=np.float32)[..., None]
+                    else:
+                        index = (slice(None), slice(None), slice(start, start + 16)) + (0,) * (len(raw_shape) - 3)
+                        block = np.asarray(data[index], dtype=np.float32)
+                    volume[:, :, start:start + block.shape[2]] = block
+            except Exception as error:  # truncated or corrupt voxel data (ValueError, EOFError, zlib.error...)
+                raise InputError(f"the NIfTI volume is truncated or corrupt ({type(error).__name__})") from None
+            if not np.isfinite(volume).all():
+                raise InputError("the NIfTI volume contains NaN or Inf values")
+            self._voxels = volume
+        return self._voxels
 
     def intensity_range(self) -> tuple[float, float]:
-        """The volume's min and max, read in slabs (memory stays a slab's)."""
-        if self._range is None:
-            low, high = np.inf, -np.inf
-            for start in range(0, self.count, 16):
-                block = self._slices(start, start + 16)
-                low, high = min(low, float(block.min())), max(high, float(block.max()))
-            self._range = (low, high)
-        return self._range
+        """The volume's min and max: the one scale for every slice of it."""
+        volume = self.voxels()
+        return float(volume.min()), float(volume.max())
 
     def slice_uint8(self, index: int) -> np.ndarray:
         """Axial slice ``index`` as uint8, scaled by the whole volume's range (one rule for a
         slice and for the volume it belongs to), rotated to the usual radiological view."""
         index = int(np.clip(index, 0, self.count - 1))
         low, high = self.intensity_range()
-        pixels = self._slices(index, index + 1)[:, :, 0]
+        pixels = self.voxels()[:, :, index]
         scaled = (pixels - low) / (high - low) if high > low else np.zeros_like(pixels)
         return np.round(np.rot90(scaled) * 255).astype(np.uint8)
 
