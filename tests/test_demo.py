@@ -380,3 +380,18 @@ def test_image_sizes_are_refused_from_the_header_before_decoding(tmp_path, monke
         upload.read_upload(tmp_path / "big.png")
     with pytest.raises(InputError, match="at most 8192"):
         upload.read_upload(tmp_path / "strip.png")
+
+
+def test_surprise_is_conditioned_on_the_position_the_network_reads(tiny_models):
+    import dataclasses
+    from vqvae.generation import SliceCNN
+    from vqvae.surprise import code_surprise
+    torch.manual_seed(0)
+    reader = SliceCNN(num_classes=4, width=8, feature_dim=8).eval()
+    models = dataclasses.replace(tiny_models, position_net=reader)
+    image = synthetic_slice(np.random.default_rng(7), 256)
+    codes = demo.reconstruct_slice(models.vqvae, image)["codes"]
+    k = int(reader(torch.from_numpy(image)[None, None]).argmax(1))
+    _, text = demo.surprise_view(models, image, codes)
+    total = code_surprise(models.prior, torch.from_numpy(codes)[None], torch.tensor([k]))[0].sum().item()
+    assert f"at slice position {k}" in text and f"{total:.0f} bits" in text

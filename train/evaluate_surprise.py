@@ -5,8 +5,10 @@
 
 Each of n validate slices (drawn with a seed) gets one disc of radius 6-12 pixels, 0.3 of full
 scale brighter or darker than the slice there, well inside the brain (vqvae/surprise.py). The
-lesioned slice is encoded and each code's surprise (negative log-likelihood under the prior, bits,
-no slice position: as the app, which does not know an upload's) is taken from one forward pass.
+lesioned slice is encoded and each code's surprise (negative log-likelihood under the prior, bits)
+is taken from one forward pass, given the slice position the position network reads from the
+slice (as the app does: an upload's position is unknown); the AUC with no position and with the
+true one are reported beside it.
 Reports the pooled per-code AUC of codes covering the lesion (>= 25 % of the cell) against the
 other in-brain codes of the same slices, and the total surprise of the unaltered validate slices,
 the reference the app shows beside an upload's (with --out, written there as
@@ -26,39 +28,41 @@ from vqvae.data import load_split
 from vqvae.hub import load_model
 from vqvae.model import VQVAE
 from vqvae.prior import GatedPixelCNN
-from vqvae.surprise import (SURPRISE_REFERENCE, auc, cell_statistics, cells_covering, code_surprise, normalised,
-                            paste_lesion)
+from vqvae.generation import SliceCNN, batched
+from vqvae.surprise import SURPRISE_REFERENCE, auc, cells_covering, code_surprise, paste_lesion
 from train.cli import run_or_fail
+
+DEFAULT_FEATURES = Path(__file__).resolve().parents[1] / "assets" / "models" / "position_net"
 
 
 def evaluate(args) -> dict:
     vqvae, prior = load_model(VQVAE, args.vqvae), load_model(GatedPixelCNN, args.prior)
     validate = load_split(args.data, "validate", progress=not args.json)
-    totals = code_surprise(prior, encode_images(vqvae, validate.images)).sum(dim=(1, 2)).numpy()
-    # what each cell's surprise is on normal slices: from train, never from the slices judged
-    train = load_split(args.data, "train", progress=not args.json)
-    normal = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))[:args.normal]
-    mean, std = cell_statistics(code_surprise(prior, encode_images(vqvae, train.images[normal])))
+    position_net = load_model(SliceCNN, args.features)
+    reference_positions = {"none": None, "true": validate.positions,
+                           "predicted": batched(position_net, validate.images).argmax(1)}[args.position]
+    totals = code_surprise(prior, encode_images(vqvae, validate.images), reference_positions).sum(dim=(1, 2)).numpy()
     rng = np.random.default_rng(args.seed)
     picks = rng.choice(len(validate), size=min(args.n, len(validate)), replace=False)
-    lesion_bits, other_bits, lesion_z, other_z = [], [], [], []
+    scores = {mode: ([], []) for mode in ("none", "predicted", "true")}
     for index in picks:
         image = validate.images[index, 0].numpy()
         lesioned, mask = paste_lesion(image, rng)
-        codes = encode_images(vqvae, torch.from_numpy(lesioned)[None, None])
-        bits = code_surprise(prior, codes)[0].numpy()
-        grid = bits.shape[0]
-        lesion = cells_covering(mask, grid)
-        brain = cells_covering(image > 0, grid, min_fraction=0.5) & ~lesion
-        lesion_bits.append(bits[lesion])
-        other_bits.append(bits[brain])
-        scores = normalised(bits, mean, std)
-        lesion_z.append(scores[lesion])
-        other_z.append(scores[brain])
-    positive, negative = np.concatenate(lesion_bits), np.concatenate(other_bits)
+        slice_ = torch.from_numpy(lesioned)[None, None]
+        codes = encode_images(vqvae, slice_)
+        positions = {"none": None, "true": validate.positions[index:index + 1],
+                     "predicted": batched(position_net, slice_).argmax(1)}
+        lesion = cells_covering(mask, codes.shape[-1])
+        brain = cells_covering(image > 0, codes.shape[-1], min_fraction=0.5) & ~lesion
+        for mode, position in positions.items():
+            bits = code_surprise(prior, codes, position)[0].numpy()
+            scores[mode][0].append(bits[lesion])
+            scores[mode][1].append(bits[brain])
+    positive, negative = (np.concatenate(part) for part in scores[args.position])
     return {"slices": len(picks), "lesion_codes": len(positive), "other_in_brain_codes": len(negative),
-            "auc": auc(positive, negative), "auc_normalised": auc(np.concatenate(lesion_z), np.concatenate(other_z)),
-            "cell_mean": mean.tolist(), "cell_std": std.tolist(), "lesion_bits_mean": float(positive.mean()),
+            "position": args.position, "auc": auc(positive, negative),
+            **{f"auc_position_{mode}": auc(np.concatenate(p), np.concatenate(n)) for mode, (p, n) in scores.items()},
+            "lesion_bits_mean": float(positive.mean()),
             "other_bits_mean": float(negative.mean()),
             "reference_total_bits_mean": float(totals.mean()), "reference_total_bits_std": float(totals.std()),
             "reference_total_bits_p99": float(np.quantile(totals, 0.99)), "reference_slices": len(totals)}
@@ -71,7 +75,10 @@ def main(argv=None):
     parser.add_argument("--data", required=True)
     parser.add_argument("-n", type=int, default=200, help="validate slices that get a lesion")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--normal", type=int, default=1000, help="train slices for each cell's normal surprise")
+    parser.add_argument("--position", choices=("predicted", "none", "true"), default="predicted",
+                        help="slice position given to the prior: read by the position network (as the app "
+                             "does), none, or the true one (an upper bound)")
+    parser.add_argument("--features", default=str(DEFAULT_FEATURES), help="the position network")
     parser.add_argument("--out", help="write surprise_reference.json (the app's reference) into this folder")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)

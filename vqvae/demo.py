@@ -198,9 +198,15 @@ def sample_stream(models: Models, n, temperature=1.0, top_k=0, seed=0, position=
 def surprise_view(models: Models, image: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, str]:
     """The slice's per-code surprise under the prior as a heat map, and its total in bits beside
     what unaltered validate slices score (where the weights carry that reference)."""
-    bits = code_surprise(models.prior, torch.from_numpy(np.asarray(codes)).long()[None])[0].numpy()
+    position, where = None, ""
+    if models.position_net is not None:  # an upload's position is unknown: read it from the slice
+        with torch.no_grad():
+            k = int(models.position_net(torch.from_numpy(image)[None, None]).argmax(1))
+        if 0 <= k < models.prior.num_positions:
+            position, where = torch.tensor([k]), f" at slice position {k} (read from the slice)"
+    bits = code_surprise(models.prior, torch.from_numpy(np.asarray(codes)).long()[None], position)[0].numpy()
     total = float(bits.sum())
-    text = f"**Surprise under the prior:** {total:.0f} bits for the whole slice"
+    text = f"**Surprise under the prior{where}:** {total:.0f} bits for the whole slice"
     reference = models.surprise_reference
     if reference:
         text += (f" (unaltered validate slices: {reference['total_bits_mean']:.0f} ± "

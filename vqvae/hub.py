@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from .generation import SliceCNN
 from .model import VQVAE
 from .prior import GatedPixelCNN
 from .surprise import SURPRISE_REFERENCE
@@ -34,6 +35,7 @@ CONFIG, WEIGHTS, FREQUENCIES = "config.json", "model.safetensors", "code_frequen
 PARTS = ("vqvae", "prior")   # required
 REALISTIC = "vqvae-realistic"  # optional: a decoder trained adversarially on the same codes
 VOLUME_PRIOR = "prior-volume"  # optional: the prior conditioned on the slice below, for volumes
+POSITION_NET = "position_net"  # optional: reads a slice's position k (the surprise map's condition)
 log = logging.getLogger("brainvq")
 
 
@@ -107,6 +109,7 @@ class Models:
     realistic: VQVAE | None = None  # the adversarially trained decoder on the same codes, if shipped
     volume_prior: GatedPixelCNN | None = None  # the prior conditioned on the slice below, if shipped
     surprise_reference: dict | None = None  # validate's total surprise under the prior (mean, std, p99)
+    position_net: torch.nn.Module | None = None  # SliceCNN reading slice position k, if shipped
 
 
 def is_weights_dir(path: str | Path | None) -> bool:
@@ -123,7 +126,7 @@ def resolve_weights(source: str | None, bundled: str | Path | None) -> tuple[Pat
             log.warning("%s lacks vqvae/ and prior/ model directories; using the bundled weights", path)
         else:
             from huggingface_hub import snapshot_download
-            patterns = [f"{name}/*" for name in (*PARTS, REALISTIC, VOLUME_PRIOR)] + ["*.md"]
+            patterns = [f"{name}/*" for name in (*PARTS, REALISTIC, VOLUME_PRIOR, POSITION_NET)] + ["*.md"]
             try:
                 return Path(snapshot_download(source, allow_patterns=patterns)), f"Hub repo {source}"
             except Exception as error:  # offline, unknown repo, rate limit...
@@ -160,8 +163,11 @@ def load_models(source: str | None, bundled: str | Path | None = None) -> Models
     reference = None
     if (path / "prior" / SURPRISE_REFERENCE).is_file():
         reference = json.loads((path / "prior" / SURPRISE_REFERENCE).read_text())
+    position_net = None
+    if is_model_dir(path / POSITION_NET):
+        position_net = load_model(SliceCNN, path / POSITION_NET)
     log.info("loaded models from %s (%s)", description, path)
-    return Models(vqvae, prior, description, frequencies, realistic, volume_prior, reference)
+    return Models(vqvae, prior, description, frequencies, realistic, volume_prior, reference, position_net)
 
 
 def check_same_codes(faithful: VQVAE, other: VQVAE, where):

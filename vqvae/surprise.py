@@ -28,19 +28,6 @@ def code_surprise(prior: GatedPixelCNN, codes: torch.Tensor, positions: torch.Te
     return code_nll(prior(codes, positions), codes, reduction="none") / math.log(2)
 
 
-def cell_statistics(bits: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Per-cell mean and spread (h, w) of surprise over many normal slices (N, h, w): the cortex
-    is always more surprising than the ventricles, so an anomaly is what is surprising *for its
-    place*. The standard deviation is floored so a cell that never varies cannot explode."""
-    mean, std = bits.mean(0).numpy(), bits.std(0).numpy()
-    return mean, np.maximum(std, 0.5)
-
-
-def normalised(bits: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """Surprise as standard scores against normal slices at each cell."""
-    return (bits - mean) / std
-
-
 def heat_map(bits: np.ndarray, image: np.ndarray, full_scale: float = 16.0) -> np.ndarray:
     """Per-code surprise (h, w) laid over the slice (H, W) uint8: grey slice, surprise in red to
     yellow, ``full_scale`` bits at full brightness. uint8 RGB."""
