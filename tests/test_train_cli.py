@@ -399,3 +399,26 @@ def test_evaluate_volume_measures_sampled_baseline_and_real_volumes(trained, oas
     real = volume_similarity(real_volumes(validate.images, validate.subjects, validate.positions))
     assert rows[0]["consecutive_ssim"] == pytest.approx(real["consecutive_ssim"])
     assert rows[1]["volumes"] == 2 and rows[1]["seconds_per_volume"] > 0
+
+
+def test_evaluate_surprise_reports_auc_and_writes_the_reference(trained, tmp_path, capsys):
+    from train import evaluate_surprise
+    from vqvae.generation import SliceCNN
+    from vqvae.testing import write_split
+    data = tmp_path / "data"  # heads big enough to take a lesion well inside
+    write_split(data / "keras_png_slices_validate", [402, 403], 3, np.random.default_rng(2))
+    SliceCNN(num_classes=4, width=8, feature_dim=8).save_pretrained(tmp_path / "features")
+    out = tmp_path / "prior_copy"
+    shutil.copytree(trained / "prior" / "model", out)
+    evaluate_surprise.main(["--vqvae", str(trained / "vqvae" / "model"), "--prior", str(out), "--data", str(data),
+                            "--features", str(tmp_path / "features"), "-n", "4", "--out", str(out), "--json"])
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["slices"] == 4 and report["lesion_codes"] > 0 and report["reference_slices"] == 6
+    assert report["auc"] == report["auc_position_predicted"]
+    reference = json.loads((out / "surprise_reference.json").read_text())
+    assert reference["total_bits_mean"] == pytest.approx(report["reference_total_bits_mean"])
+    from vqvae.hub import load_models
+    weights = tmp_path / "weights"
+    shutil.copytree(trained / "vqvae" / "model", weights / "vqvae")
+    shutil.copytree(out, weights / "prior")
+    assert load_models(str(weights), None).surprise_reference == reference  # the app shows it
