@@ -227,7 +227,8 @@ def test_in_a_real_browser(server, slice_png, tmp_path):
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(server, wait_until="load")
         page.locator("input[type=file]").first.set_input_files(str(slice_png))
-        page.get_by_text("in-brain SSIM").wait_for(timeout=60_000)
+        page.get_by_text("in-brain SSIM").first.wait_for(timeout=60_000)
+        page.get_by_text("Surprise under the prior").wait_for(timeout=30_000)
         page.screenshot(path=str(SCREENSHOTS / "reconstruction.png"), full_page=True)
         page.get_by_role("tab", name="Codebook map").click()
         page.get_by_role("button", name="Show where it occurs").click()
@@ -237,6 +238,11 @@ def test_in_a_real_browser(server, slice_png, tmp_path):
         page.get_by_role("button", name="Sample new brains").click()
         page.get_by_text("32/32 rows sampled").wait_for(timeout=120_000)
         page.screenshot(path=str(SCREENSHOTS / "sampling.png"), full_page=True)
+        volume_button = page.get_by_role("button", name="Sample a volume")
+        if volume_button.is_visible():  # weights with a volume prior
+            volume_button.click()
+            page.get_by_text("slices sampled: scroll with the slider").wait_for(timeout=180_000)
+            page.screenshot(path=str(SCREENSHOTS / "volume.png"), full_page=True)
         browser.close()
     # the closed network makes Chromium log failed fetches of external resources; those are not app errors
     app_errors = [e for e in errors if "net::ERR" not in e and "Failed to load resource" not in e]
