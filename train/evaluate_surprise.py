@@ -85,6 +85,7 @@ def main(argv=None):
     report = run_or_fail(evaluate, args)
     if args.out:
         reference = {k.removeprefix("reference_"): v for k, v in report.items() if k.startswith("reference_")}
+        reference["position"] = report["position"]
         (Path(args.out) / SURPRISE_REFERENCE).write_text(json.dumps(reference, indent=2))
     if args.json:
         print(json.dumps(report))
