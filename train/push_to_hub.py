@@ -88,7 +88,7 @@ def model_card(vqvae: dict, prior: dict, machine: str, generation: dict | None =
              "# brainvq weights", "",
              "A VQ-VAE (`vqvae/`) that codes 256x256 brain MRI slices as 32x32 grids of codebook indices, "
              "and a gated PixelCNN prior (`prior/`) over those grids, conditioned on slice position.",
-             "Load with `VQVAE.from_pretrained` / `GatedPixelCNN.from_pretrained` from the brainvq package.", "",
+             "Load with `vqvae.load_model(VQVAE, \"vqvae\")` / `load_model(GatedPixelCNN, \"prior\")` (strict) from the brainvq package.", "",
              "## Training", "", f"Trained on the OASIS train split (9664 slices) on {machine}.", ""]
     parts = [("VQ-VAE", vqvae), ("Prior", prior)] + ([("Realistic decoder (vqvae-realistic/)", realistic)]
                                                       if realistic is not None else [])
