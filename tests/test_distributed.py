@@ -59,6 +59,7 @@ def _ema_worker(rank, world, port, results):
                             timeout=TIMEOUT)
     share = BATCH // world
     results.put((rank, _ema_state(_quantiser(), _batches()[:, rank * share:(rank + 1) * share])))
+    dist.barrier()  # both ranks leave together: gloo aborts a process whose peer hung up mid-teardown
     dist.destroy_process_group()
 
 
@@ -106,6 +107,7 @@ def _worker(rank, world, port, results):
         results.put({"codebooks_equal": all(torch.equal(codebooks[0], c) for c in codebooks),
                      "weights_equal": all(torch.equal(weights[0], w) for w in weights),
                      "first": sum(losses[:3]) / 3, "last": sum(losses[-3:]) / 3})
+    dist.barrier()  # both ranks leave together: gloo aborts a process whose peer hung up mid-teardown
     dist.destroy_process_group()
 
 
