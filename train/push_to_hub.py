@@ -71,7 +71,7 @@ def stages_of(summary: dict) -> list[str]:
 
 
 def model_card(vqvae: dict, prior: dict, machine: str, generation: dict | None = None,
-               realistic: dict | None = None) -> str:
+               realistic: dict | None = None, volume_prior: dict | None = None) -> str:
     validate = vqvae.get("validate", vqvae.get("last_eval", {}))
     prior_eval = prior.get("last_eval", {})
     results = []
@@ -90,8 +90,9 @@ def model_card(vqvae: dict, prior: dict, machine: str, generation: dict | None =
              "and a gated PixelCNN prior (`prior/`) over those grids, conditioned on slice position.",
              "Load with `vqvae.load_model(VQVAE, \"vqvae\")` / `load_model(GatedPixelCNN, \"prior\")` (strict) from the brainvq package.", "",
              "## Training", "", f"Trained on the OASIS train split (9664 slices) on {machine}.", ""]
-    parts = [("VQ-VAE", vqvae), ("Prior", prior)] + ([("Realistic decoder (vqvae-realistic/)", realistic)]
-                                                      if realistic is not None else [])
+    parts = [("VQ-VAE", vqvae), ("Prior", prior)]
+    parts += [("Realistic decoder (vqvae-realistic/)", realistic)] if realistic is not None else []
+    parts += [("Volume prior (prior-volume/, from the prior above)", volume_prior)] if volume_prior is not None else []
     for title, summary in parts:
         lines.append(f"- {title}: " + "; then ".join(stages_of(summary)))
     lines += ["", "## Validate metrics", "", "| metric | value |", "| --- | --- |"]
@@ -126,7 +127,8 @@ def package(vqvae_dir: Path, prior_dir: Path, out: Path, machine: str, generatio
         (target / TRAINING).write_text(json.dumps({**kept, "stages": stages_of(summary)}, indent=2))
     report = json.loads(generation.read_text()) if generation else None
     (out / "README.md").write_text(model_card(run_summary(vqvae_dir), run_summary(prior_dir), machine, report,
-                                              run_summary(realistic) if realistic else None))
+                                              run_summary(realistic) if realistic else None,
+                                              run_summary(volume_prior) if volume_prior else None))
     return out
 
 
