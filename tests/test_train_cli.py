@@ -378,6 +378,9 @@ def test_sample_volume_writes_nifti_volumes(trained, oasis_like, tmp_path):
     assert volume.shape == (256, 256, 32)  # the prior's 32 positions, axial slices last
     with pytest.raises(SystemExit, match="no volume prior"):
         sample_volume.main(["--vqvae", str(trained / "vqvae" / "model"), "--prior", str(trained / "prior" / "model"),
+                            "--volume-prior", str(tmp_path / "missing"), "-n", "1", "--out", str(out)])
+    with pytest.raises(SystemExit, match="share one codebook"):  # the bundled one (K = 512) is not these codes'
+        sample_volume.main(["--vqvae", str(trained / "vqvae" / "model"), "--prior", str(trained / "prior" / "model"),
                             "-n", "1", "--out", str(out)])
 
 
