@@ -59,14 +59,23 @@ def _ema_worker(rank, world, port, results):
                             timeout=TIMEOUT)
     share = BATCH // world
     results.put((rank, _ema_state(_quantiser(), _batches()[:, rank * share:(rank + 1) * share])))
+    _leave()
+
+
+def _leave():
     dist.barrier()  # both ranks leave together: gloo aborts a process whose peer hung up mid-teardown
     dist.destroy_process_group()
 
 
+def _two_ranks(worker):
+    """Run ``worker(rank, 2, port, results)`` in two spawned processes; -> the results queue."""
+    results = mp.get_context("spawn").Queue()
+    mp.start_processes(worker, args=(2, free_port(), results), nprocs=2, join=True, start_method="spawn")
+    return results
+
+
 def test_two_ranks_update_the_codebook_as_one_process_on_the_combined_batch():
-    context = mp.get_context("spawn")
-    results = context.Queue()
-    mp.start_processes(_ema_worker, args=(2, free_port(), results), nprocs=2, join=True, start_method="spawn")
+    results = _two_ranks(_ema_worker)
     ranks = dict(results.get(timeout=30) for _ in range(2))
     combined = _ema_state(_quantiser(), _batches())  # one process (no process group), whole batches
     first_half = _ema_state(_quantiser(), _batches()[:, :BATCH // 2])  # what a broadcast would give
@@ -107,15 +116,11 @@ def _worker(rank, world, port, results):
         results.put({"codebooks_equal": all(torch.equal(codebooks[0], c) for c in codebooks),
                      "weights_equal": all(torch.equal(weights[0], w) for w in weights),
                      "first": sum(losses[:3]) / 3, "last": sum(losses[-3:]) / 3})
-    dist.barrier()  # both ranks leave together: gloo aborts a process whose peer hung up mid-teardown
-    dist.destroy_process_group()
+    _leave()
 
 
 def test_two_gloo_processes_share_one_codebook_and_learn():
-    context = mp.get_context("spawn")
-    results = context.Queue()
-    mp.start_processes(_worker, args=(2, free_port(), results), nprocs=2, join=True, start_method="spawn")
-    outcome = results.get(timeout=30)
+    outcome = _two_ranks(_worker).get(timeout=30)
     assert outcome["codebooks_equal"] and outcome["weights_equal"]
     assert outcome["last"] < 0.7 * outcome["first"]
 
