@@ -145,7 +145,7 @@ def build(models: Models, delete_after: int | None = None) -> gr.Blocks:
         summary = metrics_line("Faithful", result["metrics"])
         invented = None
         if realistic is not None:  # the same codes, drawn by the adversarially trained decoder
-            other = demo.reconstruct_slice(realistic, image)
+            other = demo.reconstruct_slice(realistic, image, result["codes"])  # same encoder: same codes
             invented = shown(other["reconstruction"])
             summary += "  \n" + metrics_line("Realistic", other["metrics"])
         summary += f"  \nInput: {note}"

@@ -58,9 +58,14 @@ def real_number(value, name: str, low: float, high: float) -> float:
 # -- reconstruction and the code map ---------------------------------------------------------
 
 @torch.no_grad()
-def reconstruct_slice(vqvae: VQVAE, image: np.ndarray) -> dict:
-    """-> reconstruction and error map (uint8), code grid, and SSIM / in-brain SSIM / PSNR."""
-    reconstruction, codes = vqvae.reconstruct(slice_tensor(image))
+def reconstruct_slice(vqvae: VQVAE, image: np.ndarray, codes: np.ndarray | None = None) -> dict:
+    """-> reconstruction and error map (uint8), code grid, and SSIM / in-brain SSIM / PSNR.
+    ``codes``: the slice's code grid, already encoded (another decoder on the same codes)."""
+    if codes is None:
+        reconstruction, codes = vqvae.reconstruct(slice_tensor(image))
+    else:
+        codes = torch.from_numpy(np.asarray(codes)).long()[None]
+        reconstruction = vqvae.decode(codes)
     rebuilt = reconstruction[0, 0].numpy()
     metrics = image_metrics(to_unit(image), rebuilt)
     rebuilt = to_uint8(rebuilt)

@@ -29,13 +29,16 @@ def slice_tensor(image: np.ndarray) -> torch.Tensor:
     return to_unit(torch.from_numpy(np.ascontiguousarray(image)))[None, None]
 
 
+def hot(level: np.ndarray) -> np.ndarray:
+    """Levels (H, W), clipped to [0, 1], as the black -> red -> yellow colour ramp: float RGB."""
+    level = np.clip(level, 0, 1)
+    return np.stack([np.clip(2 * level, 0, 1), np.clip(2 * level - 1, 0, 1), np.zeros_like(level)], axis=-1)
+
+
 def error_map(original: np.ndarray, reconstruction: np.ndarray) -> np.ndarray:
-    """|original - reconstruction| of two uint8 images as a heat map (black -> red -> yellow),
-    uint8 RGB. Scaled so an error of 0.25 (a quarter of the range) is full brightness."""
-    error = np.abs(to_unit(original) - to_unit(reconstruction))
-    level = np.clip(error / 0.25, 0, 1)
-    return to_uint8(np.stack([np.clip(2 * level, 0, 1), np.clip(2 * level - 1, 0, 1),
-                              np.zeros_like(level)], axis=-1))
+    """|original - reconstruction| of two uint8 images as a heat map (``hot``), uint8 RGB.
+    Scaled so an error of 0.25 (a quarter of the range) is full brightness."""
+    return to_uint8(hot(np.abs(to_unit(original) - to_unit(reconstruction)) / 0.25))
 
 
 def mosaic(images: np.ndarray, columns: int | None = None, gap: int = 2) -> np.ndarray:

@@ -16,6 +16,7 @@ import torch
 from scipy import ndimage
 from scipy.stats import rankdata
 
+from .images import hot, to_uint8, to_unit
 from .prior import GatedPixelCNN, code_nll
 
 SURPRISE_REFERENCE = "surprise_reference.json"  # beside a prior: validate's total surprise, for the app
@@ -32,10 +33,8 @@ def heat_map(bits: np.ndarray, image: np.ndarray, full_scale: float = 16.0) -> n
     """Per-code surprise (h, w) laid over the slice (H, W) uint8: grey slice, surprise in red to
     yellow, ``full_scale`` bits at full brightness. uint8 RGB."""
     scale = image.shape[0] // bits.shape[0]
-    level = np.clip(np.kron(bits, np.ones((scale, scale))) / full_scale, 0, 1)
-    grey = np.repeat(image[..., None].astype(np.float32) / 255.0, 3, axis=2) * 0.6
-    heat = np.stack([np.clip(2 * level, 0, 1), np.clip(2 * level - 1, 0, 1), np.zeros_like(level)], axis=-1)
-    return np.round(np.clip(grey + heat, 0, 1) * 255).astype(np.uint8)
+    grey = np.repeat(to_unit(image)[..., None], 3, axis=2) * 0.6
+    return to_uint8(grey + hot(np.kron(bits, np.ones((scale, scale))) / full_scale))
 
 
 def paste_lesion(image: np.ndarray, rng: np.random.Generator, radius=(6, 12), contrast: float = 0.3):
@@ -51,8 +50,8 @@ def paste_lesion(image: np.ndarray, rng: np.random.Generator, radius=(6, 12), co
     mask = (yy - ys[pick]) ** 2 + (xx - xs[pick]) ** 2 <= r * r
     sign = rng.choice([-1.0, 1.0])
     changed = image.astype(np.float32) / 255.0
-    changed[mask] = np.clip(changed[mask] + sign * contrast, 0, 1)
-    return np.round(changed * 255).astype(np.uint8), mask
+    changed[mask] = changed[mask] + sign * contrast
+    return to_uint8(changed), mask
 
 
 def cells_covering(mask: np.ndarray, grid: int, min_fraction: float = 0.25) -> np.ndarray:

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from .data import DataError, to_grayscale_uint8
+from .images import to_uint8
 
 SIZE = 256
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
@@ -190,7 +191,7 @@ class NiftiVolume:
         low, high = self.intensity_range()
         pixels = self.voxels()[:, :, index]
         scaled = (pixels - low) / (high - low) if high > low else np.zeros_like(pixels)
-        return np.round(np.rot90(scaled) * 255).astype(np.uint8)
+        return to_uint8(np.rot90(scaled))
 
 
 def read_upload(path: str | Path | None, slice_index: int | None = None) -> tuple[np.ndarray, str, int, int]:
