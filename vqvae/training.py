@@ -372,6 +372,11 @@ class TrainingRun:
         if save_dir is not None and self.is_main:
             save_model(self.model, save_dir)
             print(f"saved model to {save_dir}")
+        if self.world > 1 and dist.is_initialized():
+            # every rank waits for rank 0's evaluation and save, then all leave the group together:
+            # a rank that exits while its peers still talk makes gloo abort the process (SIGABRT)
+            dist.barrier()
+            dist.destroy_process_group()
         return self.history[-1] if self.history else {}
 
 
