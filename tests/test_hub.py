@@ -167,3 +167,17 @@ def test_a_realistic_decoder_on_the_same_codes_loads_beside_the_faithful_one(tin
     with pytest.raises(hub.ModelLoadError, match="encoder or codebook differs"):
         hub.load_models(str(weights), None)
     assert hub.load_models(str(tiny_weights), None).realistic is None  # optional
+
+
+def test_the_prior_class_comes_from_its_config(tiny_weights, tmp_path):
+    """A transformer prior in prior/ loads as one (app, train/ and push_to_hub all use load_prior);
+    a config that fits no prior class is a one-line load error."""
+    from vqvae.transformer import CodeTransformer
+    folder = tmp_path / "weights"
+    shutil.copytree(tiny_weights, folder)
+    CodeTransformer(num_codes=16, channels=8, layers=1, heads=2, grid_size=8).save_pretrained(folder / "prior")
+    models = hub.load_models(str(folder), None)
+    assert isinstance(models.prior, CodeTransformer) and models.prior.grid_size == 8
+    (folder / "prior" / hub.CONFIG).write_text(json.dumps({"num_codes": 16, "depth_of_field": 3}))
+    with pytest.raises(ModelLoadError, match="none of the prior classes"):
+        hub.load_prior(folder / "prior")

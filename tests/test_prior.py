@@ -14,12 +14,15 @@ def tiny_prior(**kw):
             torch.nn.init.normal_(layer.coordinate.weight, std=0.5)
         if layer.previous is not None:
             torch.nn.init.normal_(layer.previous.weight, std=3.0)
+    for block in prior.attention.values():  # attention outputs start at zero too
+        torch.nn.init.normal_(block.out.weight, std=1.0)
     return prior.double()
 
 
 @pytest.mark.parametrize("coordinates", [0, 3])
-def test_logits_depend_only_on_earlier_positions(coordinates):
-    prior = tiny_prior(coordinates=coordinates)
+@pytest.mark.parametrize("attention_every", [0, 1])
+def test_logits_depend_only_on_earlier_positions(coordinates, attention_every):
+    prior = tiny_prior(coordinates=coordinates, attention_every=attention_every)
     codes = torch.randint(0, 16, (1, 8, 8))
     base = prior(codes, torch.tensor([1]))
     for i in range(8):
@@ -98,3 +101,20 @@ def test_the_slice_below_conditions_every_position_and_starts_silent():
     plain = GatedPixelCNN(num_codes=16, channels=8, layers=3, num_positions=4, grid_size=8)
     fresh.load_state_dict(plain.state_dict(), strict=False)  # --init from a prior without it
     assert torch.equal(fresh(codes, None, below), plain(codes))
+
+
+def test_attention_starts_silent_then_reaches_the_whole_past():
+    """Attention blocks start at zero (a prior without them is their exact start), and once
+    trained a code sees far earlier positions that the convolutions alone cannot reach."""
+    plain = tiny_prior(layers=2, kernel=3)
+    with_attention = GatedPixelCNN(**{"num_codes": 16, "channels": 8, "layers": 2, "kernel": 3,
+                                      "num_positions": 4, "grid_size": 8, "attention_every": 1}).double()
+    from vqvae.training import load_into
+    load_into(with_attention, plain, new=("attention",))
+    codes = torch.randint(0, 16, (2, 8, 8))
+    assert torch.equal(plain(codes), with_attention(codes))
+    far = codes.clone()
+    far[:, 0, 0] = (far[:, 0, 0] + 1) % 16  # 7 rows above the last row: out of the convolutions' reach
+    assert torch.equal(plain(codes)[:, :, 7], plain(far)[:, :, 7])
+    torch.nn.init.normal_(with_attention.attention["0"].out.weight)
+    assert not torch.equal(with_attention(codes)[:, :, 7], with_attention(far)[:, :, 7])

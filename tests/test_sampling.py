@@ -16,9 +16,9 @@ CASES = {
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("coordinates", [0, 3])
-def test_cached_sampler_equals_reference_bit_for_bit(case, dtype, coordinates):
-    prior = tiny_prior(coordinates=coordinates).to(dtype)
+@pytest.mark.parametrize("coordinates, attention_every", [(0, 0), (3, 0), (3, 1)])
+def test_cached_sampler_equals_reference_bit_for_bit(case, dtype, coordinates, attention_every):
+    prior = tiny_prior(coordinates=coordinates, attention_every=attention_every).to(dtype)
     kwargs = CASES[case]
     reference = sample_reference(prior, 4, generator=torch.Generator().manual_seed(7), **kwargs)
     cached = sample_cached(prior, 4, generator=torch.Generator().manual_seed(7), **kwargs)

@@ -14,10 +14,11 @@ from train import evaluate, prior, push_to_hub, reconstruct, sample, vqvae
 from tests.strict import import_or_skip
 from vqvae.codes import load_codes
 from vqvae.data import load_split
-from vqvae.hub import load_model
+from vqvae.hub import load_model, load_prior
 from vqvae.metrics import evaluate_reconstructions
 from vqvae.model import VQVAE
 from vqvae.prior import GatedPixelCNN, nll_bits, unigram_bits
+from vqvae.transformer import CodeTransformer
 
 from vqvae.testing import TINY_VQVAE  # noqa: E402  (pins --precision fp32: runs compare bit for bit)
 
@@ -68,14 +69,19 @@ def test_decoder_only_needs_a_trained_model(oasis_like, tmp_path):
                     *TINY_VQVAE])
 
 
+def train_prior_briefly(trained, data, run, *extra):
+    """One step of the prior trainer on the shared run's codes; -> the model directory."""
+    run.mkdir(exist_ok=True)
+    for split in ("train", "validate"):  # reuse the codes (with --resume they are not re-extracted)
+        shutil.copy(trained / "prior" / f"codes_{split}.npz", run)
+    prior.main(["--vqvae", str(trained / "vqvae" / "model"), "--data", str(data), "--out", str(run),
+                "--epochs", "0.01", "--resume", *TINY_PRIOR, *extra])
+    return run / "model"
+
+
 def test_prior_init_from_a_prior_without_location_map(trained, oasis_like, tmp_path):
     def train_prior(run, *extra):
-        run.mkdir(exist_ok=True)
-        for split in ("train", "validate"):  # reuse the codes (with --resume they are not re-extracted)
-            shutil.copy(trained / "prior" / f"codes_{split}.npz", run)
-        prior.main(["--vqvae", str(trained / "vqvae" / "model"), "--data", str(oasis_like), "--out", str(run),
-                    "--epochs", "0.01", "--resume", *TINY_PRIOR, *extra])
-        return run / "model"
+        return train_prior_briefly(trained, oasis_like, run, *extra)
 
     plain = train_prior(tmp_path / "plain", "--coordinates", "0")
     tuned_dir = train_prior(tmp_path / "located", "--init", str(plain), "--coordinates", "4")
@@ -86,6 +92,26 @@ def test_prior_init_from_a_prior_without_location_map(trained, oasis_like, tmp_p
     assert torch.allclose(tuned.embedding.weight, start.embedding.weight, atol=0.05)
     with pytest.raises(SystemExit, match="architecture differs"):
         train_prior(tmp_path / "wider", "--init", str(plain), "--channels", "16")
+
+
+def test_global_context_priors_train_load_by_their_config_and_sample(trained, oasis_like, tmp_path):
+    """Attention added to a trained prior (--init) and a transformer prior: each is loaded by
+    ``load_prior`` as the class its config names, and train.sample draws from it."""
+    plain = trained / "prior" / "model"
+    attended = train_prior_briefly(trained, oasis_like, tmp_path / "attention", "--init", str(plain),
+                                   "--attention-every", "1", "--attention-heads", "2")
+    transformer = train_prior_briefly(trained, oasis_like, tmp_path / "transformer", "--architecture", "transformer",
+                                      "--channels", "16", "--attention-heads", "2")
+    assert isinstance(load_prior(attended), GatedPixelCNN) and len(load_prior(attended).attention) == 1
+    assert isinstance(load_prior(transformer), CodeTransformer)
+    for model in (attended, transformer):
+        out = tmp_path / f"samples_{model.parent.name}"
+        sample.main(["--vqvae", str(trained / "vqvae" / "model"), "--prior", str(model), "-n", "2",
+                     "--out", str(out)])
+        assert len(list(out.glob("sample_*.png"))) == 2
+    with pytest.raises(SystemExit, match="--previous-slice needs"):
+        train_prior_briefly(trained, oasis_like, tmp_path / "bad", "--architecture", "transformer",
+                            "--previous-slice", "4")
 
 
 def test_vqvae_resume_continues_from_checkpoint(trained, oasis_like, capsys, tmp_path):

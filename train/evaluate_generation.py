@@ -22,10 +22,10 @@ from PIL import Image
 from vqvae.codes import decode_codes, encode_images
 from vqvae.data import load_split
 from vqvae.generation import Labelled, SliceCNN, generation_report, generation_table, position_accuracy
-from vqvae.hub import check_same_codes, load_model
+from vqvae.hub import check_same_codes, load_model, load_prior
 from vqvae.images import mosaic
 from vqvae.model import VQVAE
-from vqvae.prior import GatedPixelCNN, nll_bits, unigram_bits
+from vqvae.prior import nll_bits, unigram_bits
 from vqvae.sampling import sample_codes
 from train.cli import run_or_fail
 
@@ -35,7 +35,7 @@ DEFAULT_FEATURES = Path(__file__).resolve().parents[1] / "assets" / "models" / "
 def evaluate(args) -> dict:
     if args.n < 4:
         raise ValueError("-n must be at least 4")
-    vqvae, prior = load_model(VQVAE, args.vqvae), load_model(GatedPixelCNN, args.prior)
+    vqvae, prior = load_model(VQVAE, args.vqvae), load_prior(args.prior)
     feature_net = load_model(SliceCNN, args.features)
     if vqvae.num_codes != prior.num_codes:
         raise ValueError(f"the prior models {prior.num_codes} codes but the VQ-VAE has {vqvae.num_codes}")

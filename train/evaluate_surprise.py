@@ -25,9 +25,8 @@ import torch
 
 from vqvae.codes import encode_images
 from vqvae.data import load_split
-from vqvae.hub import load_model
+from vqvae.hub import load_model, load_prior
 from vqvae.model import VQVAE
-from vqvae.prior import GatedPixelCNN
 from vqvae.generation import SliceCNN, batched
 from vqvae.surprise import SURPRISE_REFERENCE, auc, cells_covering, code_surprise, paste_lesion
 from train.cli import run_or_fail
@@ -36,7 +35,7 @@ DEFAULT_FEATURES = Path(__file__).resolve().parents[1] / "assets" / "models" / "
 
 
 def evaluate(args) -> dict:
-    vqvae, prior = load_model(VQVAE, args.vqvae), load_model(GatedPixelCNN, args.prior)
+    vqvae, prior = load_model(VQVAE, args.vqvae), load_prior(args.prior)
     validate = load_split(args.data, "validate", progress=not args.json)
     position_net = load_model(SliceCNN, args.features)
     reference_positions = {"none": None, "true": validate.positions,

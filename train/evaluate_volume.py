@@ -20,7 +20,7 @@ import torch
 from vqvae.codes import decode_codes
 from vqvae.data import load_split
 from vqvae.generation import SliceCNN, position_accuracy
-from vqvae.hub import load_model
+from vqvae.hub import load_model, load_prior
 from vqvae.model import VQVAE
 from vqvae.prior import GatedPixelCNN
 from vqvae.sampling import sample_codes, sample_volume
@@ -41,7 +41,7 @@ def measure(kind: str, volumes: torch.Tensor, seconds: float | None, feature_net
 
 def evaluate(args) -> list[dict]:
     vqvae = load_model(VQVAE, args.vqvae)
-    prior, volume_prior = load_model(GatedPixelCNN, args.prior), load_model(GatedPixelCNN, args.volume_prior)
+    prior, volume_prior = load_prior(args.prior), load_model(GatedPixelCNN, args.volume_prior)
     feature_net = load_model(SliceCNN, args.features)
     validate = load_split(args.data, "validate", progress=not args.json)
     rows = [measure("real validate volumes", torch.from_numpy(real_volumes(validate.images, validate.subjects,

@@ -15,16 +15,15 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from vqvae.hub import load_model
+from vqvae.hub import load_model, load_prior
 from vqvae.images import mosaic, to_uint8
 from vqvae.model import VQVAE
-from vqvae.prior import GatedPixelCNN
 from vqvae.sampling import SAMPLERS, sample_codes
 from train.cli import run_or_fail
 
 
 def sample(args):
-    vqvae, prior = load_model(VQVAE, args.vqvae), load_model(GatedPixelCNN, args.prior)
+    vqvae, prior = load_model(VQVAE, args.vqvae), load_prior(args.prior)
     if vqvae.num_codes != prior.num_codes:
         raise ValueError(f"the prior models {prior.num_codes} codes but the VQ-VAE has {vqvae.num_codes}")
     if args.slice is not None and not all(0 <= k < prior.num_positions for k in args.slice):

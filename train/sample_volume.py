@@ -17,7 +17,7 @@ from pathlib import Path
 from PIL import Image
 
 from vqvae.codes import decode_codes
-from vqvae.hub import is_model_dir, load_model
+from vqvae.hub import is_model_dir, load_model, load_prior
 from vqvae.model import VQVAE
 from vqvae.prior import GatedPixelCNN
 from vqvae.sampling import sample_volume
@@ -38,7 +38,7 @@ def volume_prior_dir(args) -> Path:
 
 
 def sample(args):
-    vqvae, prior = load_model(VQVAE, args.vqvae), load_model(GatedPixelCNN, args.prior)
+    vqvae, prior = load_model(VQVAE, args.vqvae), load_prior(args.prior)
     volume_prior = load_model(GatedPixelCNN, volume_prior_dir(args))
     if not vqvae.num_codes == prior.num_codes == volume_prior.num_codes:
         raise ValueError("the VQ-VAE and the two priors must share one codebook")

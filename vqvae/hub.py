@@ -15,6 +15,7 @@ an installed package does not know where its app lives). The caller is told whic
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from .generation import SliceCNN
 from .model import VQVAE
 from .prior import GatedPixelCNN
 from .surprise import SURPRISE_REFERENCE
+from .transformer import CodeTransformer
 
 CONFIG, WEIGHTS, FREQUENCIES = "config.json", "model.safetensors", "code_frequencies.json"
 PARTS = ("vqvae", "prior")   # required
@@ -81,6 +83,33 @@ def load_model(cls, path: str | Path) -> torch.nn.Module:
     return model.eval()
 
 
+PRIOR_CLASSES = (GatedPixelCNN, CodeTransformer)
+
+
+def prior_class(config: dict):
+    """The prior class a config.json describes: the one whose constructor takes all its keys
+    (the PixelCNN has a ``kernel``, the transformer ``heads``)."""
+    for cls in PRIOR_CLASSES:
+        if set(config) <= set(inspect.signature(cls.__init__).parameters):
+            return cls
+    raise ModelLoadError(f"the config's keys ({', '.join(sorted(config))}) describe none of the prior classes "
+                         f"({', '.join(c.__name__ for c in PRIOR_CLASSES)})")
+
+
+def load_prior(path: str | Path) -> GatedPixelCNN | CodeTransformer:
+    """A prior of whichever class its config.json describes (``load_model``'s checks apply)."""
+    folder = Path(path)
+    if not is_model_dir(folder):
+        raise ModelLoadError(f"{folder} is not a model directory (needs {CONFIG} and {WEIGHTS})")
+    try:
+        config = json.loads((folder / CONFIG).read_text())
+    except ValueError as error:
+        raise ModelLoadError(f"{folder / CONFIG} is not JSON: {error}") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{folder / CONFIG} is not a JSON object")
+    return load_model(prior_class(config), folder)
+
+
 def save_model(model, path: str | Path) -> Path:
     """``model.save_pretrained`` into a temporary sibling directory, then renamed into place: a
     model directory that exists is complete (a killed run never leaves half a model)."""
@@ -103,7 +132,7 @@ def save_model(model, path: str | Path) -> Path:
 class Models:
     """The app's models and where they came from."""
     vqvae: VQVAE
-    prior: GatedPixelCNN
+    prior: GatedPixelCNN | CodeTransformer
     source: str  # where the weights came from, for the log and the page (never a server path)
     code_frequencies: np.ndarray | None = None  # training frequency of each code
     realistic: VQVAE | None = None  # the adversarially trained decoder on the same codes, if shipped
@@ -144,7 +173,7 @@ def resolve_weights(source: str | None, bundled: str | Path | None) -> tuple[Pat
 def load_models(source: str | None, bundled: str | Path | None = None) -> Models:
     """The app's models from ``source`` (a directory or a Hub repo id), else from ``bundled``."""
     path, description = resolve_weights(source, bundled)
-    vqvae, prior = load_model(VQVAE, path / "vqvae"), load_model(GatedPixelCNN, path / "prior")
+    vqvae, prior = load_model(VQVAE, path / "vqvae"), load_prior(path / "prior")
     if vqvae.num_codes != prior.num_codes:
         raise ModelLoadError(f"{path}: the prior models {prior.num_codes} codes, the VQ-VAE has {vqvae.num_codes}")
     realistic = None

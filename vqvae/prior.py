@@ -27,6 +27,13 @@ before the current one is drawn, so it enters like the location map, as a spatia
 layer), and may look anywhere. Started from a trained prior (``train.prior --init``), it is
 that prior exactly until training teaches it to use the slice below.
 
+With ``attention_every`` > 0, a causal self-attention block follows every that-many gated
+layers (``CausalAttention``; PixelSNAIL, Chen et al. 2018): the convolutions see about 2 x layers
+columns and a few rows back, attention sees every code drawn so far, so the right hemisphere can
+be drawn to match the left and the ventricles to match the rows above. Started from a prior
+without attention (``train.prior --init``), it is that prior exactly: the blocks' outputs start
+at zero.
+
 Convolutions take no padding of their own: the padding is explicit (``_pad_vertical``,
 ``_pad_horizontal``) so that the cached sampler in ``vqvae/sampling.py`` can apply exactly the
 same weights to a few rows or a single position.
@@ -96,11 +103,45 @@ class GatedLayer(nn.Module):
         return gate(v_pre + bias_v), h_new, self.skip(h_gated)
 
 
+class CausalAttention(nn.Module):
+    """Multi-head causal self-attention over the horizontal stack, added to it as a residual.
+
+    The horizontal stack's features at grid position p depend only on codes before p, so p may
+    attend to itself and to every earlier position in raster order: an inclusive causal mask
+    (``is_causal``), which keeps the whole network causal. Keys and queries get a learned
+    embedding of the grid position (attention alone cannot tell where a code sits). The output
+    projection starts at zero, so adding blocks to a trained prior changes nothing until trained."""
+
+    def __init__(self, channels: int, heads: int, grid_size: int):
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"attention heads ({heads}) must divide the channels ({channels})")
+        self.heads = heads
+        self.norm = nn.LayerNorm(channels)
+        self.position = nn.Parameter(0.02 * torch.randn(grid_size * grid_size, channels))
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.out = nn.Linear(channels, channels)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def queries_keys_values(self, h: torch.Tensor):
+        """h (B, C, H, W) -> q, k, v (B, heads, H*W, C/heads)."""
+        b, c = h.shape[:2]
+        tokens = self.norm(h.flatten(2).transpose(1, 2)) + self.position
+        return (t.reshape(b, -1, self.heads, c // self.heads).transpose(1, 2) for t in self.qkv(tokens).chunk(3, -1))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        b, c, height, width = h.shape
+        q, k, v = self.queries_keys_values(h)
+        mixed = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, -1, c)
+        return h + self.out(mixed).transpose(1, 2).reshape(b, c, height, width)
+
+
 class GatedPixelCNN(nn.Module, PyTorchModelHubMixin, library_name="brainvq",
                     tags=["pixelcnn", "brain-mri", "oasis"], license="mit"):
     def __init__(self, num_codes: int = 512, channels: int = 64, layers: int = 10,
                  kernel: int = 5, num_positions: int = 32, grid_size: int = 32, coordinates: int = 0,
-                 previous_slice: int = 0):
+                 previous_slice: int = 0, attention_every: int = 0, attention_heads: int = 2):
         super().__init__()
         self.num_codes, self.num_positions, self.grid_size = num_codes, num_positions, grid_size
         self.no_position = num_positions  # the extra condition index: unconditional
@@ -108,6 +149,9 @@ class GatedPixelCNN(nn.Module, PyTorchModelHubMixin, library_name="brainvq",
         self.layers = nn.ModuleList(GatedLayer(channels, kernel, num_positions + 1, first=(i == 0),
                                                coordinates=coordinates, previous_slice=previous_slice)
                                     for i in range(layers))
+        # Attention after layers every-1, 2*every-1, ... (never after the last: nothing would read it)
+        self.attention = nn.ModuleDict({str(i): CausalAttention(channels, attention_heads, grid_size)
+                                        for i in range(layers - 1) if attention_every and (i + 1) % attention_every == 0})
         self.previous_slice = previous_slice
         if previous_slice:  # the slice below: embedded codes, a little spatial context
             self.previous_embedding = nn.Embedding(num_codes, previous_slice)
@@ -139,9 +183,11 @@ class GatedPixelCNN(nn.Module, PyTorchModelHubMixin, library_name="brainvq",
         previous_map = self.previous_map(previous)
         x = self.embedding(codes).permute(0, 3, 1, 2)
         v, h, skips = x, x, 0
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             v, h, skip = layer(v, h, condition, self.coordinate_map, previous_map)
             skips = skips + skip
+            if str(i) in self.attention:
+                h = self.attention[str(i)](h)
         return self.head(skips)
 
     def loss(self, codes, positions=None, previous=None) -> torch.Tensor:

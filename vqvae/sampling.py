@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from scipy.special import expit
 
 from .prior import GatedPixelCNN, gate
+from .transformer import CodeTransformer
 
 Progress = Callable[[int, torch.Tensor], None]  # (rows completed, codes so far)
 
@@ -137,10 +138,44 @@ class _HorizontalStep:
         self.head = [array(head[1].weight[:, :, 0, 0].t()), array(head[1].bias),
                      array(head[3].weight[:, :, 0, 0].t()), array(head[3].bias)]
         self.embedding = array(prior.embedding.weight)
+        # attention blocks (PixelSNAIL): layer index -> weights; keys and values are cached per
+        # grid position in ``self.keys`` / ``self.values`` (B, heads, H*W, C/heads)
+        self.attention = {int(l): {"heads": a.heads, "eps": a.norm.eps, "gamma": array(a.norm.weight),
+                                   "beta": array(a.norm.bias), "position": array(a.position),
+                                   "w_qkv": array(a.qkv.weight.t()), "b_qkv": array(a.qkv.bias),
+                                   "w_out": array(a.out.weight.t()), "b_out": array(a.out.bias)}
+                          for l, a in prior.attention.items()}
+        self.keys, self.values = {}, {}
+
+    def start_attention(self, n: int, positions: int, kept: dict[int, tuple[torch.Tensor, torch.Tensor]]):
+        """Empty key/value caches for ``positions`` grid positions; ``kept``: layer -> (k, v) of
+        the kept rows' positions (completion), computed by a forward pass."""
+        for l, a in self.attention.items():
+            shape = (n, a["heads"], positions, self.embedding.shape[1] // a["heads"])
+            self.keys[l], self.values[l] = (np.zeros(shape, self.embedding.dtype),
+                                                np.zeros(shape, self.embedding.dtype))
+            if l in kept:
+                k, v = (t.cpu().numpy() for t in kept[l])
+                self.keys[l][:, :, :k.shape[2]], self.values[l][:, :, :v.shape[2]] = k, v
+
+    def attend(self, l: int, x: np.ndarray, index: int) -> np.ndarray:
+        """The attention block after layer l at grid position ``index``: x (B, C) -> x + output,
+        with this position's key and value added to the cache first (it may see itself)."""
+        a, n = self.attention[l], x.shape[0]
+        centred = x - x.mean(1, keepdims=True)
+        normed = centred / np.sqrt((centred ** 2).mean(1, keepdims=True) + a["eps"]) * a["gamma"] + a["beta"]
+        q, k, v = np.split((normed + a["position"][index]) @ a["w_qkv"] + a["b_qkv"], 3, axis=1)
+        heads = a["heads"]
+        self.keys[l][:, :, index], self.values[l][:, :, index] = k.reshape(n, heads, -1), v.reshape(n, heads, -1)
+        q = q.reshape(n, heads, 1, -1)
+        scores = q @ self.keys[l][:, :, :index + 1].transpose(0, 1, 3, 2) / np.sqrt(q.shape[-1])
+        weights = np.exp(scores - scores.max(-1, keepdims=True))
+        mixed = (weights / weights.sum(-1, keepdims=True)) @ self.values[l][:, :, :index + 1]
+        return x + mixed.reshape(n, -1) @ a["w_out"] + a["b_out"]
 
     def row(self, h_inputs: list[np.ndarray], v_from_above: list[np.ndarray], pad: int,
-            uniforms: np.ndarray, temperature: float, top_k: int | None) -> np.ndarray:
-        """Sample one row left to right; -> codes (B, W). h_inputs[l]: (B, pad + W, C), zeroed."""
+            uniforms: np.ndarray, temperature: float, top_k: int | None, row_index: int = 0) -> np.ndarray:
+        """Sample row ``row_index`` left to right; -> codes (B, W). h_inputs[l]: (B, pad + W, C), zeroed."""
         n, size = v_from_above[0].shape[:2]
         channels = self.embedding.shape[1]
         layers = len(self.w_h)
@@ -156,7 +191,8 @@ class _HorizontalStep:
                 skips = skips + out_skip[:, channels:]
                 if l + 1 < layers:
                     out = out_skip[:, :channels]
-                    h_inputs[l + 1][:, pad + j] = out if self.first[l] else out + h_inputs[l][:, pad + j]
+                    out = out if self.first[l] else out + h_inputs[l][:, pad + j]
+                    h_inputs[l + 1][:, pad + j] = self.attend(l, out, row_index * size + j) if l in self.attention else out
             hidden = np.maximum(skips, 0) @ self.head[0] + self.head[1]
             logits = np.maximum(hidden, 0) @ self.head[2] + self.head[3]
             codes[:, j] = _gumbel_argmax(logits, uniforms[j], temperature, top_k)
@@ -164,7 +200,53 @@ class _HorizontalStep:
         return codes
 
 
+def _kept_keys_values(prior, codes, positions, keep_rows, previous) -> dict:
+    """Completion with attention: the kept rows' keys and values, layer -> (k, v) (B, heads,
+    keep_rows * W, C/heads), from one forward pass (each depends only on codes before it, so the
+    rows still to draw, zeros here, do not enter)."""
+    if not keep_rows or not len(prior.attention):
+        return {}
+    kept, hooks = {}, []
+    for l, block in prior.attention.items():
+        def keep(module, inputs, output, l=int(l)):
+            _, k, v = module.queries_keys_values(inputs[0])
+            kept[l] = (k[:, :, :keep_rows * prior.grid_size], v[:, :, :keep_rows * prior.grid_size])
+        hooks.append(block.register_forward_hook(keep))
+    try:
+        prior(codes, positions, previous)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return kept
+
+
+def _iter_rows_transformer(prior: CodeTransformer, n, positions, temperature, top_k, generator, initial,
+                           keep_rows):
+    """The transformer's cached sampler: one position per step, every block's keys and values
+    kept (``CodeTransformer.step``); kept rows are fed through the same steps."""
+    prior.eval()
+    codes, positions = _start(prior, n, positions, initial, keep_rows)
+    size = prior.grid_size
+    caches, logits = prior.start(positions, n)
+    for i in range(size):
+        if i >= keep_rows:
+            uniforms = torch.rand((size, n, prior.num_codes), generator=generator, dtype=torch.float64).numpy()
+        for j in range(size):
+            if i >= keep_rows:
+                picked = _gumbel_argmax(logits.double().cpu().numpy(), uniforms[j], temperature, top_k)
+                codes[:, i, j] = torch.from_numpy(picked).to(codes.device)
+            if i * size + j + 1 < size * size:
+                logits = prior.step(codes[:, i, j], i * size + j + 1, caches)
+        if i + 1 >= keep_rows:
+            yield i + 1, codes
+
+
 def _iter_rows_cached(prior, n, positions, temperature, top_k, generator, initial, keep_rows, previous=None):
+    if isinstance(prior, CodeTransformer):
+        if previous is not None:
+            raise ValueError("the transformer prior is not conditioned on the slice below")
+        yield from _iter_rows_transformer(prior, n, positions, temperature, top_k, generator, initial, keep_rows)
+        return
     prior.eval()
     codes, positions = _start(prior, n, positions, initial, keep_rows)
     size, layers = prior.grid_size, prior.layers
@@ -172,6 +254,7 @@ def _iter_rows_cached(prior, n, positions, temperature, top_k, generator, initia
     condition = prior.conditions(positions, n)
     param = prior.embedding.weight
     step = _HorizontalStep(prior)
+    step.start_attention(n, size * size, _kept_keys_values(prior, codes, positions, keep_rows, previous))
     # v_inputs[l]: layer l's vertical input, the whole grid (rows fill in as they complete).
     # h_inputs[l]: layer l's horizontal input for the current row only, position-major, with
     # the left zero padding of the horizontal convolution in place (columns shifted by ``pad``).
@@ -225,7 +308,7 @@ def _iter_rows_cached(prior, n, positions, temperature, top_k, generator, initia
             h.fill(0)
         # One draw for the row is the same stream as one (B, K) draw per position.
         uniforms = torch.rand((size, n, prior.num_codes), generator=generator, dtype=torch.float64)
-        row = step.row(h_inputs, v_from_above, pad, uniforms.numpy(), temperature, top_k)
+        row = step.row(h_inputs, v_from_above, pad, uniforms.numpy(), temperature, top_k, i)
         codes[:, i] = torch.from_numpy(row).to(codes.device)
         embed_row(i)
         yield i + 1, codes

@@ -23,10 +23,11 @@ from .adversarial import Adversary, PatchDiscriminator
 from .codes import code_counts, codes_path, load_codes, save_codes, slice_pairs
 from .data import load_split
 from .generation import SliceCNN, position_accuracy
-from .hub import CONFIG, FREQUENCIES, load_model
+from .hub import CONFIG, FREQUENCIES, load_model, load_prior
 from .metrics import evaluate_reconstructions, ssim_torch
 from .model import VQVAE
 from .prior import GatedPixelCNN, code_nll, nll_bits, unigram_bits
+from .transformer import CodeTransformer
 from .training import MODEL, RunConfig, TrainingRun, distributed_setup, load_into, option, parallel
 
 
@@ -200,6 +201,12 @@ class PriorTraining(RunConfig, DataConfig):
     drop_position: float = option(0.1, "train this fraction without the slice position, for unconditional sampling")
     previous_slice: int = option(0, "condition on the code grid of the slice below, embedded in this many channels "
                                     "(0 = off): the volume prior, trained on pairs of neighbouring slices")
+    attention_every: int = option(0, "a causal self-attention block after every this many gated layers (0 = none; "
+                                     "PixelSNAIL, see vqvae/prior.py): global context over the whole grid")
+    attention_heads: int = option(2, "heads of each attention block (and of the transformer's layers)")
+    architecture: str = option("pixelcnn", "pixelcnn: the gated PixelCNN (vqvae/prior.py); transformer: a causal "
+                                           "transformer over the raster sequence (vqvae/transformer.py), of --layers "
+                                           "blocks of --channels", choices=("pixelcnn", "transformer"))
 
 
 def prepare_codes(config: PriorTraining, vqvae: VQVAE) -> dict[str, dict]:
@@ -222,11 +229,19 @@ def train_prior(config: PriorTraining) -> dict:
     vqvae = load_model(VQVAE, config.vqvae)
     splits = prepare_codes(config, vqvae)
     train, validate = splits["train"], splits["validate"]
-    prior = GatedPixelCNN(num_codes=vqvae.num_codes, channels=config.channels, layers=config.layers,
-                          kernel=config.kernel, grid_size=train["codes"].shape[-1], coordinates=config.coordinates,
-                          previous_slice=config.previous_slice)
+    grid = train["codes"].shape[-1]
+    if config.architecture == "transformer":
+        if config.previous_slice:
+            raise ValueError("--previous-slice needs --architecture pixelcnn")
+        prior = CodeTransformer(num_codes=vqvae.num_codes, channels=config.channels, layers=config.layers,
+                                heads=config.attention_heads, grid_size=grid)
+    else:
+        prior = GatedPixelCNN(num_codes=vqvae.num_codes, channels=config.channels, layers=config.layers,
+                              kernel=config.kernel, grid_size=grid, coordinates=config.coordinates,
+                              previous_slice=config.previous_slice, attention_every=config.attention_every,
+                              attention_heads=config.attention_heads)
     if config.init:
-        load_into(prior, load_model(GatedPixelCNN, config.init), new=("coordinate", "previous"))
+        load_into(prior, load_prior(config.init), new=("coordinate", "previous", "attention"))
     # Each training item: a code grid, and (volume prior) the grid of the slice below it.
     items, below = torch.arange(len(train["codes"])), None
     if config.previous_slice:
@@ -254,7 +269,7 @@ def train_prior(config: PriorTraining) -> dict:
         pair = (validate["codes"][validate_items], validate["positions"][validate_items],
                 validate["codes"][validate_below])
         if config.init:  # the start is the trained prior exactly: what independent slices score
-            baselines["nll_bits_independent"] = nll_bits(load_model(GatedPixelCNN, config.init), *pair[:2])
+            baselines["nll_bits_independent"] = nll_bits(load_prior(config.init), *pair[:2])
 
     def evaluate():
         if config.previous_slice:
