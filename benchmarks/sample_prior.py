@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from vqvae import sampling
-from vqvae.hub import is_model_dir, is_weights_dir, load_model
+from vqvae import hub
+from vqvae.hub import is_model_dir, is_weights_dir
 from vqvae.prior import GatedPixelCNN
 from vqvae.sampling import sample_cached, sample_reference
 
@@ -114,12 +115,12 @@ def compare(reference: torch.Tensor, cached: torch.Tensor, rows: int, grid: int)
     return f"CODES DIFFER: {differ} of {n * rows * width} codes in {where} {rows} rows of {n} samples"
 
 
-def load_prior(source: str | None) -> tuple[GatedPixelCNN, str]:
+def prior_to_time(source: str | None) -> tuple[torch.nn.Module, str]:
     if source:
         folder = Path(source)
         if is_weights_dir(folder) and not is_model_dir(folder):
             folder = folder / "prior"
-        return load_model(GatedPixelCNN, folder), str(folder)
+        return hub.load_prior(folder), str(folder)
     config_file = BUNDLED / "prior" / "config.json"
     if config_file.is_file():
         return GatedPixelCNN(**json.loads(config_file.read_text())).eval(), "random init, bundled prior's config"
@@ -138,7 +139,7 @@ def main():
                         help="skip the (untimed) logit comparison, which costs one more cached run per count")
     args = parser.parse_args()
     torch.manual_seed(0)
-    prior, described = load_prior(args.prior)
+    prior, described = prior_to_time(args.prior)
     params = sum(p.numel() for p in prior.parameters()) / 1e6
     print(f"prior: {described} ({params:.2f} M parameters, "
           f"{prior.grid_size}x{prior.grid_size} grid, {prior.num_codes} codes), "

@@ -14,6 +14,7 @@ from train import evaluate, prior, push_to_hub, reconstruct, sample, vqvae
 from tests.strict import import_or_skip
 from vqvae.codes import load_codes
 from vqvae.data import load_split
+from vqvae import hub
 from vqvae.hub import load_model, load_prior
 from vqvae.metrics import evaluate_reconstructions
 from vqvae.model import VQVAE
@@ -258,6 +259,19 @@ def test_position_net_and_generation_metrics_end_to_end(trained, tmp_path, capsy
     assert "## Generation metrics (6 samples" in card and "Classifier two-sample test" in card
     assert "| reconstructions vs validate |" in card
     assert (trained / "card" / "position_net" / "model.safetensors").is_file()
+    # the ablation of priors: each prior's samples below one set of calibration rows
+    from train import compare_priors
+    transformer = train_prior_briefly(trained, oasis_like, tmp_path / "transformer", "--architecture", "transformer",
+                                      "--channels", "8", "--attention-heads", "2")
+    compare_priors.main(["--vqvae", str(trained / "vqvae" / "model"), "--prior", f"pixelcnn={trained / 'prior' / 'model'}",
+                         "--prior", f"transformer={transformer}", "--data", str(oasis_like),
+                         "--features", str(trained / "position" / "model"), "-n", "6", "--classifier-steps", "3",
+                         "--pairs", "4"])
+    table = capsys.readouterr().out
+    assert "| pixelcnn | GatedPixelCNN |" in table and "| transformer | CodeTransformer |" in table
+    assert "samples of transformer vs validate" in table and "reference: train vs validate" in table
+    with pytest.raises(SystemExit, match="NAME=DIR"):
+        compare_priors.main(["--vqvae", "x", "--prior", "nameless", "--data", "y"])
 
 
 def test_rd_table_trains_each_factor_and_reuses_a_given_model(trained, oasis_like, tmp_path, capsys):
@@ -279,7 +293,7 @@ def test_model_card_follows_init_back_to_the_first_run(tmp_path):
                                   "init": str(first / "model"), "decoder_only": True})):
         (run / "model").mkdir(parents=True)
         (run / "run_config.json").write_text(json.dumps(config))
-    stages = push_to_hub.training_stages(json.loads((second / "run_config.json").read_text()))
+    stages = hub.training_stages(json.loads((second / "run_config.json").read_text()))
     assert stages == ["30 minutes, batch 16, lr 0.002, seed 0",
                       "20 minutes of the decoder only, batch 16, lr 0.001, seed 0"]
 
@@ -357,7 +371,7 @@ def test_a_packaged_model_carries_its_stages_into_later_cards(tmp_path):
     (run / "model").mkdir(parents=True)
     (run / "run_config.json").write_text(json.dumps({"minutes": 90, "batch_size": 8, "lr": 0.0005, "seed": 0,
                                                      "init": str(shipped), "decoder_only": True}))
-    assert push_to_hub.stages_of(push_to_hub.run_summary(run / "model")) == [
+    assert hub.stages_of(hub.run_summary(run / "model")) == [
         "30 minutes, batch 16, lr 0.002, seed 0", "90 minutes of the decoder only, batch 8, lr 0.0005, seed 0"]
 
 

@@ -248,15 +248,10 @@ def format_two_sample_table(table: list[dict]) -> str:
 
 # -- the whole report ------------------------------------------------------------------------
 
-def generation_report(samples: torch.Tensor, train: Labelled, validate: Labelled,
-                      feature_net: SliceCNN, seed: int = 0, classifier_steps: int = 300,
-                      pairs: int = 500, repeats: int = 3,
-                      reconstructions: torch.Tensor | None = None,
-                      also: dict[str, Labelled] | None = None) -> dict:
-    """Every image metric for ``samples`` beside its real-vs-real reference. The references use
-    as many real images as there are samples. ``reconstructions`` (the VQ-VAE's own of
-    validate, in validate's order) add how far the decoder's look alone is from real slices;
-    ``also`` adds more sets to the two-sample test (e.g. another decoder's images)."""
+def sample_metrics(samples: torch.Tensor, train: Labelled, validate: Labelled, feature_net: SliceCNN,
+                   seed: int = 0, pairs: int = 500) -> dict:
+    """Fréchet distance, diversity and memorisation of ``samples``, each beside its real-vs-real
+    reference computed from as many real images as there are samples."""
     n = len(samples)
     generator = torch.Generator().manual_seed(seed)
     train_subset = train.images[torch.randperm(len(train.images), generator=generator)[:n]]
@@ -267,16 +262,7 @@ def generation_report(samples: torch.Tensor, train: Labelled, validate: Labelled
     validate_nearest = nearest_ssim(validate_subset, train.images)
     sample_nearest = nearest_ssim(samples, train.images)
     threshold = float(torch.quantile(validate_nearest, 0.99))
-    candidates = {"samples vs validate": Labelled(samples)}
-    report = {}
-    if reconstructions is not None:
-        candidates["reconstructions vs validate"] = Labelled(reconstructions, validate.subjects)
-        report["frechet_reconstructions"] = frechet_distance(batched(feature_net.features, reconstructions),
-                                                             features["validate"])
-    candidates.update(also or {})
-    two_sample = two_sample_table(candidates, train, validate, repeats, classifier_steps, seed)
     return {
-        **report,
         "images": n,
         "frechet": frechet_distance(features["samples"], features["validate"]),
         "frechet_reference": frechet_distance(features["train"], features["validate"]),
@@ -287,8 +273,27 @@ def generation_report(samples: torch.Tensor, train: Labelled, validate: Labelled
         "nearest_train_ssim_mean_reference": float(validate_nearest.mean()),
         "nearest_train_ssim_p99_reference": threshold,
         "samples_above_p99": int((sample_nearest > threshold).sum()),
-        "two_sample": two_sample,
     }
+
+
+def generation_report(samples: torch.Tensor, train: Labelled, validate: Labelled,
+                      feature_net: SliceCNN, seed: int = 0, classifier_steps: int = 300,
+                      pairs: int = 500, repeats: int = 3,
+                      reconstructions: torch.Tensor | None = None,
+                      also: dict[str, Labelled] | None = None) -> dict:
+    """Every image metric for ``samples`` beside its real-vs-real reference (``sample_metrics``)
+    and the two-sample test. ``reconstructions`` (the VQ-VAE's own of validate, in validate's
+    order) add how far the decoder's look alone is from real slices; ``also`` adds more sets to
+    the two-sample test (e.g. another decoder's images)."""
+    report = sample_metrics(samples, train, validate, feature_net, seed, pairs)
+    candidates = {"samples vs validate": Labelled(samples)}
+    if reconstructions is not None:
+        candidates["reconstructions vs validate"] = Labelled(reconstructions, validate.subjects)
+        report["frechet_reconstructions"] = frechet_distance(batched(feature_net.features, reconstructions),
+                                                             batched(feature_net.features, validate.images))
+    candidates.update(also or {})
+    report["two_sample"] = two_sample_table(candidates, train, validate, repeats, classifier_steps, seed)
+    return report
 
 
 def generation_table(report: dict) -> str:

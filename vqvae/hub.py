@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import logging
 import os
 import shutil
@@ -208,3 +209,53 @@ def check_same_codes(faithful: VQVAE, other: VQVAE, where):
     if differ:
         raise ModelLoadError(f"{where}: its encoder or codebook differs from vqvae/'s ({_names(differ)}), "
                              "so its codes would not be the prior's")
+
+
+# -- what a model went through (its training stages), for model cards and tables -------------
+
+TRAINING = "training.json"  # in a packaged model directory: its stages and evaluations, for later cards
+
+
+def run_summary(model_dir: Path) -> dict:
+    """What a run recorded about itself: its settings, its last evaluation, a full evaluation.
+    A packaged model (no run directory around it) carries the same in its training.json."""
+    model_dir = Path(model_dir)
+    run = model_dir.parent
+    if not (run / "run_config.json").is_file() and (model_dir / TRAINING).is_file():
+        return json.loads((model_dir / TRAINING).read_text())
+    summary = {}
+    if (run / "run_config.json").is_file():
+        summary["config"] = json.loads((run / "run_config.json").read_text())
+    if (run / "metrics.jsonl").is_file():
+        evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+                 if '"eval"' in line]
+        if evals:
+            summary["last_eval"] = evals[-1]
+    if (run / "validate.json").is_file():
+        summary["validate"] = json.loads((run / "validate.json").read_text())
+    return summary
+
+
+def training_stages(config: dict) -> list[str]:
+    """One line per stage, oldest first, following --init back to the run it started from."""
+    budget = f"{config['minutes']} minutes" if config.get("minutes") else f"{config.get('epochs')} epochs"
+    stage = (f"{budget}{' of the decoder only' if config.get('decoder_only') else ''}, "
+             f"batch {config.get('batch_size')}, lr {config.get('lr')}, seed {config.get('seed')}")
+    started = config.get("init")
+    if not started:
+        return [stage]
+    earlier = run_summary(Path(started))
+    if "stages" in earlier:  # a packaged model: its lineage travels with it
+        return earlier["stages"] + [stage]
+    config = earlier.get("config")
+    return (training_stages(config) if config else [f"the weights of {started}"]) + [stage]
+
+
+def stages_of(summary: dict) -> list[str]:
+    return summary["stages"] if "stages" in summary else training_stages(summary.get("config", {}))
+
+
+def training_minutes(stages: list[str]) -> float | None:
+    """Total minutes of a model's stages (None if any stage was budgeted in epochs)."""
+    minutes = [re.match(r"([\d.]+) minutes", stage) for stage in stages]
+    return None if not all(minutes) else sum(float(m.group(1)) for m in minutes)
