@@ -9,6 +9,7 @@ from PIL import Image
 from tests.strict import import_or_skip
 from vqvae import demo, upload
 from vqvae.images import to_uint8
+from vqvae.prior import GatedPixelCNN
 from vqvae.testing import BAD_UPLOADS, GOOD_UPLOADS, synthetic_slice, write
 from vqvae.upload import InputError
 
@@ -333,7 +334,6 @@ def test_sampling_decodes_with_the_chosen_decoder(two_decoders, tiny_models):
 def test_volume_stream_needs_a_volume_prior_and_fills_slice_by_slice(tiny_models, tiny_weights, tmp_path):
     import shutil
     from vqvae.hub import VOLUME_PRIOR, load_models
-    from vqvae.prior import GatedPixelCNN
     with pytest.raises(InputError, match="no volume prior"):
         next(demo.volume_stream(tiny_models))
     weights = tmp_path / "weights"
@@ -396,3 +396,31 @@ def test_surprise_is_conditioned_on_the_position_the_network_reads(tiny_models):
     _, text = demo.surprise_view(models, image, codes)
     total = code_surprise(models.prior, torch.from_numpy(codes)[None], torch.tensor([k]))[0].sum().item()
     assert f"at slice position {k}" in text and f"{total:.0f} bits" in text
+
+
+@pytest.mark.parametrize("kind", ["attention", "transformer"])
+def test_global_context_priors_sample_complete_and_score_in_the_app(tiny_models, kind):
+    """The app's sampling (with a slice position and completion) and surprise map work with
+    either global-context prior, and the stream gives exactly the cached sampler's codes."""
+    import dataclasses
+
+    from vqvae.sampling import sample_cached
+    from vqvae.transformer import CodeTransformer
+    torch.manual_seed(0)
+    if kind == "attention":
+        prior = GatedPixelCNN(num_codes=16, channels=8, layers=2, attention_every=1)
+        torch.nn.init.normal_(prior.attention["0"].out.weight)
+    else:
+        prior = CodeTransformer(num_codes=16, channels=8, layers=1, heads=2)
+    models = dataclasses.replace(tiny_models, prior=prior.eval())
+    initial = slice_codes(tiny_models)
+    *_, (images, rows, total) = demo.sample_stream(models, 2, seed=1, position=3, initial=initial, keep_rows=16)
+    assert rows == total == 32
+    codes = sample_cached(prior, 2, positions=torch.full((2,), 3), keep_rows=16,
+                          initial=torch.from_numpy(initial).long()[None].expand(2, -1, -1),
+                          generator=torch.Generator().manual_seed(1))
+    assert torch.equal(codes[:, :16], torch.from_numpy(initial[:16]).long()[None].expand(2, -1, -1))
+    assert np.array_equal(np.stack(images), to_uint8(tiny_models.vqvae.decode(codes)[:, 0]))
+    image = synthetic_slice(np.random.default_rng(4), 256)
+    heat, text = demo.surprise_view(models, image, initial)
+    assert heat.shape[:2] == (256, 256) and "bits for the whole slice" in text

@@ -6,7 +6,8 @@ The data's path through the package (README, "Architecture"):
     images.py      uint8 <-> [0, 1] floats; error maps, mosaics
     model.py       VQVAE: slice -> code grid -> reconstruction (quantizer.py holds the codebook)
     codes.py       splits -> code grids on disk, and back
-    prior.py       GatedPixelCNN: the distribution of code grids; its likelihood in bits
+    prior.py       GatedPixelCNN: the distribution of code grids (optionally with causal attention);
+                   its likelihood in bits. transformer.py: CodeTransformer, the same as a sequence
     sampling.py    code grids from the prior: reference and cached samplers
     metrics.py     SSIM (scikit-image), PSNR, codebook usage
     generation.py  how real decoded samples look: Fréchet, diversity, memorisation, two-sample test
@@ -15,12 +16,13 @@ The data's path through the package (README, "Architecture"):
     demo.py        the app's functions; testing.py material for tests and benchmarks
 """
 from .data import DataError, load_folder, load_split, parse_oasis_name, read_slice
-from .hub import ModelLoadError, load_model, load_models
+from .hub import ModelLoadError, load_model, load_models, load_prior
 from .metrics import evaluate_reconstructions, image_metrics, ssim_torch
 from .model import VQVAE
 from .prior import GatedPixelCNN
+from .transformer import CodeTransformer
 from .sampling import SAMPLERS, sample_cached, sample_codes, sample_reference
 
-__all__ = ["DataError", "GatedPixelCNN", "ModelLoadError", "SAMPLERS", "VQVAE", "evaluate_reconstructions",
-           "image_metrics", "load_folder", "load_model", "load_models", "load_split", "parse_oasis_name",
+__all__ = ["CodeTransformer", "DataError", "GatedPixelCNN", "ModelLoadError", "SAMPLERS", "VQVAE", "evaluate_reconstructions",
+           "image_metrics", "load_folder", "load_model", "load_models", "load_prior", "load_split", "parse_oasis_name",
            "read_slice", "sample_cached", "sample_codes", "sample_reference", "ssim_torch"]
