@@ -436,12 +436,13 @@ def test_evaluate_volume_measures_sampled_baseline_and_real_volumes(trained, oas
                           "--volume-prior", str(tmp_path / "volume"), "--data", str(oasis_like),
                           "--features", str(tmp_path / "features"), "-n", "2", "--json"])
     rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert [r["kind"] for r in rows] == ["real validate volumes", "sampled volumes (volume prior)",
-                                         "independent slices at each k (baseline)"]
+    assert [r["kind"] for r in rows] == ["real validate volumes", "faithful reconstructions of the real volumes",
+                                         "sampled volumes (volume prior)", "independent slices at each k (baseline)"]
     validate = load_split(oasis_like, "validate")
     real = volume_similarity(real_volumes(validate.images, validate.subjects, validate.positions))
     assert rows[0]["consecutive_ssim"] == pytest.approx(real["consecutive_ssim"])
-    assert rows[1]["volumes"] == 2 and rows[1]["seconds_per_volume"] > 0
+    assert rows[1]["volumes"] == rows[0]["volumes"]
+    assert rows[2]["volumes"] == 2 and rows[2]["seconds_per_volume"] > 0
 
 
 def test_evaluate_surprise_reports_auc_and_writes_the_reference(trained, tmp_path, capsys):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from vqvae.codes import decode_codes
+from vqvae.codes import decode_codes, encode_images
 from vqvae.data import load_split
 from vqvae.generation import SliceCNN, position_accuracy
 from vqvae.hub import load_model, load_prior
@@ -46,14 +46,20 @@ def evaluate(args) -> list[dict]:
     validate = load_split(args.data, "validate", progress=not args.json)
     rows = [measure("real validate volumes", torch.from_numpy(real_volumes(validate.images, validate.subjects,
                                                                           validate.positions)), None, feature_net)]
+    # each real slice encoded and decoded on its own: what volumes drawn slice by slice through
+    # these codes can reach at best (a code flips between neighbours where the slice is in between)
+    decoded = decode_codes(vqvae, encode_images(vqvae, validate.images))
+    rows.append(measure("faithful reconstructions of the real volumes", torch.from_numpy(
+        real_volumes(decoded, validate.subjects, validate.positions)), None, feature_net))
     slices = volume_prior.num_positions
     sampled, independent, times = [], [], []
     for v in range(args.n):
         start = time.perf_counter()
-        codes = sample_volume(prior, volume_prior, 1, temperature=args.temperature, seed=args.seed + v)[0]
+        codes = sample_volume(prior, volume_prior, 1, temperature=args.temperature, top_k=args.top_k,
+                              seed=args.seed + v)[0]
         sampled.append(decode_codes(vqvae, codes)[:, 0])
         times.append(time.perf_counter() - start)
-        alone = sample_codes(prior, slices, torch.arange(slices), args.temperature, seed=args.seed + v)
+        alone = sample_codes(prior, slices, torch.arange(slices), args.temperature, args.top_k, seed=args.seed + v)
         independent.append(decode_codes(vqvae, alone)[:, 0])
     rows.append(measure("sampled volumes (volume prior)", torch.stack(sampled), sum(times) / len(times), feature_net))
     rows.append(measure("independent slices at each k (baseline)", torch.stack(independent), None, feature_net))
@@ -79,6 +85,7 @@ def main(argv=None):
     parser.add_argument("--features", default=str(DEFAULT_FEATURES))
     parser.add_argument("-n", type=int, default=8, help="sampled volumes (and as many baseline ones)")
     parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, help="sample only from the k likeliest codes at each position")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
