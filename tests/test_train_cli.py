@@ -170,6 +170,26 @@ def test_sample_writes_pngs_and_grid(trained, tmp_path):
         assert grid.size == (256 * 2 + 2, 256)
 
 
+def test_sample_decodes_the_same_codes_with_a_second_decoder(trained, tmp_path):
+    """decoders.png: the faithful decoding on top, the other decoder's below, same samples."""
+    faithful = load_model(VQVAE, trained / "vqvae" / "model")
+    other = VQVAE(**{**json.loads((trained / "vqvae" / "model" / "config.json").read_text()), "texture_channels": 4})
+    other.load_state_dict(faithful.state_dict(), strict=False)
+    torch.nn.init.normal_(other.decoder.texture.out[1].weight, std=0.1)  # so the two rows differ
+    other.save_pretrained(tmp_path / "other")
+    sample.main(["--vqvae", str(trained / "vqvae" / "model"), "--prior", str(trained / "prior" / "model"),
+                 "-n", "3", "--out", str(tmp_path / "out"), "--also-decoder", str(tmp_path / "other")])
+    figure = np.asarray(Image.open(tmp_path / "out" / "decoders.png"))
+    first = np.asarray(Image.open(tmp_path / "out" / "sample_000.png"))
+    assert figure.shape == (256 * 2 + 2, 256 * 3 + 4) and np.array_equal(figure[:256, :256], first)
+    assert not np.array_equal(figure[:256], figure[258:])
+    torch.nn.init.normal_(other.encoder.net[0].weight)  # another encoder: codes that are not the prior's
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(SystemExit, match="encoder or codebook differs"):
+        sample.main(["--vqvae", str(trained / "vqvae" / "model"), "--prior", str(trained / "prior" / "model"),
+                     "-n", "1", "--out", str(tmp_path / "out2"), "--also-decoder", str(tmp_path / "other")])
+
+
 def test_sample_grid_has_one_row_per_slice_position(trained, tmp_path):
     sample.main(["--vqvae", str(trained / "vqvae" / "model"), "--prior", str(trained / "prior" / "model"),
                  "-n", "2", "--out", str(tmp_path), "--slice", "0", "2", "3"])

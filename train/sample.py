@@ -1,10 +1,13 @@
 """Sample new brain slices: draw code grids from the prior, decode them with the VQ-VAE.
 
     python -m train.sample --vqvae runs/vqvae/model --prior runs/prior/model -n 16 --out samples \\
-        [--slice K [K ...]] [--temperature T] [--top-k N] [--seed S] [--sampler cached|reference]
+        [--slice K [K ...]] [--temperature T] [--top-k N] [--seed S] [--sampler cached|reference] \\
+        [--also-decoder assets/models/vqvae-realistic]
 
 Writes sample_000.png ... and grid.png to OUT: a near-square mosaic, or with several --slice
-positions, one row of n samples per position (top to bottom in the order given).
+positions, one row of n samples per position (top to bottom in the order given). With
+--also-decoder (another decoder on the same codes, e.g. the realistic one) also decoders.png:
+the same samples decoded by --vqvae (top row) and by it (bottom row).
 """
 from __future__ import annotations
 
@@ -12,10 +15,11 @@ import argparse
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
-from vqvae.hub import load_model, load_prior
+from vqvae.hub import check_same_codes, load_model, load_prior
 from vqvae.images import mosaic, to_uint8
 from vqvae.model import VQVAE
 from vqvae.sampling import SAMPLERS, sample_codes
@@ -43,6 +47,12 @@ def sample(args):
         Image.fromarray(image).save(out / f"sample_{k:03d}.png")
     Image.fromarray(mosaic(pixels, columns=args.n if len(slices) > 1 else None)).save(out / "grid.png")
     print(f"wrote {len(pixels)} samples and grid.png to {out} ({seconds:.1f} s, {args.sampler} sampler)")
+    if args.also_decoder:
+        other = load_model(VQVAE, args.also_decoder)
+        check_same_codes(vqvae, other, args.also_decoder)
+        both = np.concatenate([pixels, to_uint8(other.decode(codes)[:, 0])])
+        Image.fromarray(mosaic(both, columns=len(pixels))).save(out / "decoders.png")
+        print(f"wrote decoders.png: top row {args.vqvae}, bottom row {args.also_decoder}")
 
 
 def main(argv=None):
@@ -56,6 +66,8 @@ def main(argv=None):
     parser.add_argument("--top-k", type=int)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sampler", choices=sorted(SAMPLERS), default="cached")
+    parser.add_argument("--also-decoder", help="another decoder on the same codes: writes decoders.png, "
+                                               "the samples decoded both ways")
     run_or_fail(sample, parser.parse_args(argv))
 
 
