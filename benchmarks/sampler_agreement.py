@@ -16,8 +16,7 @@ from pathlib import Path
 
 import torch
 
-from vqvae.hub import load_model
-from vqvae.prior import GatedPixelCNN
+from vqvae.hub import load_prior
 from vqvae.sampling import sample_cached, teacher_forced_picks
 
 BUNDLED_PRIOR = Path(__file__).resolve().parents[1] / "assets" / "models" / "prior"
@@ -31,7 +30,7 @@ def main(argv=None):
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=0)
     args = parser.parse_args(argv)
-    prior = load_model(GatedPixelCNN, args.prior)
+    prior = load_prior(args.prior)
     top_k = args.top_k or None
     agree, codes_differing, smallest = 0, 0, float("inf")
     for seed in range(args.seeds):
