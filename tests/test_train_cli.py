@@ -110,6 +110,11 @@ def test_global_context_priors_train_load_by_their_config_and_sample(trained, oa
         sample.main(["--vqvae", str(trained / "vqvae" / "model"), "--prior", str(model), "-n", "2",
                      "--out", str(out)])
         assert len(list(out.glob("sample_*.png"))) == 2
+    for model, kind in ((attended, "with causal self-attention"), (transformer, "a causal transformer prior")):
+        out = tmp_path / f"weights_{model.parent.name}"  # packaged for the Hub, loaded as the app does
+        push_to_hub.main(["--vqvae", str(trained / "vqvae" / "model"), "--prior", str(model), "--out", str(out)])
+        assert kind in (out / "README.md").read_text()
+        assert type(hub.load_models(str(out), None).prior) is type(load_prior(model))
     with pytest.raises(SystemExit, match="--previous-slice needs"):
         train_prior_briefly(trained, oasis_like, tmp_path / "bad", "--architecture", "transformer",
                             "--previous-slice", "4")

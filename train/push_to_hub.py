@@ -19,7 +19,8 @@ import tempfile
 from pathlib import Path
 
 from vqvae.generation import generation_table
-from vqvae.hub import REALISTIC, TRAINING, VOLUME_PRIOR, is_model_dir, run_summary, stages_of
+from vqvae.hub import CONFIG, REALISTIC, TRAINING, VOLUME_PRIOR, is_model_dir, prior_class, run_summary, stages_of
+from vqvae.transformer import CodeTransformer
 from train.cli import fail, run_or_fail
 
 CITATION = ("Marcus, D. S., Wang, T. H., Parker, J., Csernansky, J. G., Morris, J. C., Buckner, R. L. "
@@ -28,8 +29,19 @@ CITATION = ("Marcus, D. S., Wang, T. H., Parker, J., Csernansky, J. G., Morris, 
             "19(9), 1498-1507.")
 
 
+def prior_kind(prior_dir: Path) -> str:
+    """What the prior is, in words, from its model's config.json."""
+    config = json.loads((Path(prior_dir) / CONFIG).read_text())
+    if prior_class(config) is CodeTransformer:
+        return "causal transformer"
+    if config.get("attention_every"):
+        return "gated PixelCNN with causal self-attention (PixelSNAIL-style)"
+    return "gated PixelCNN"
+
+
 def model_card(vqvae: dict, prior: dict, machine: str, generation: dict | None = None,
-               realistic: dict | None = None, volume_prior: dict | None = None) -> str:
+               realistic: dict | None = None, volume_prior: dict | None = None,
+               prior_description: str = "gated PixelCNN") -> str:
     validate = vqvae.get("validate", vqvae.get("last_eval", {}))
     prior_eval = prior.get("last_eval", {})
     results = []
@@ -45,8 +57,9 @@ def model_card(vqvae: dict, prior: dict, machine: str, generation: dict | None =
              "      metrics:", *results, "---", "",
              "# brainvq weights", "",
              "A VQ-VAE (`vqvae/`) that codes 256x256 brain MRI slices as 32x32 grids of codebook indices, "
-             "and a gated PixelCNN prior (`prior/`) over those grids, conditioned on slice position.",
-             "Load with `vqvae.load_model(VQVAE, \"vqvae\")` / `load_model(GatedPixelCNN, \"prior\")` (strict) from the brainvq package.", "",
+             f"and a {prior_description} prior (`prior/`) over those grids, conditioned on slice position.",
+             "Load with `vqvae.load_model(VQVAE, \"vqvae\")` / `vqvae.load_prior(\"prior\")` (strict; the prior's class "
+             "comes from its config.json) from the brainvq package.", "",
              "## Training", "", f"Trained on the OASIS train split (9664 slices) on {machine}.", ""]
     parts = [("VQ-VAE", vqvae), ("Prior", prior)]
     parts += [("Realistic decoder (vqvae-realistic/)", realistic)] if realistic is not None else []
@@ -86,7 +99,8 @@ def package(vqvae_dir: Path, prior_dir: Path, out: Path, machine: str, generatio
     report = json.loads(generation.read_text()) if generation else None
     (out / "README.md").write_text(model_card(run_summary(vqvae_dir), run_summary(prior_dir), machine, report,
                                               run_summary(realistic) if realistic else None,
-                                              run_summary(volume_prior) if volume_prior else None))
+                                              run_summary(volume_prior) if volume_prior else None,
+                                              prior_kind(prior_dir)))
     return out
 
 
