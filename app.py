@@ -26,7 +26,7 @@ from PIL import Image
 from gradio.utils import NamedString
 
 from vqvae import demo
-from vqvae.hub import Models, load_models
+from vqvae.hub import Models, load_models, prior_description
 from vqvae.upload import MAX_UPLOAD_BYTES, InputError, is_nifti, read_upload
 from vqvae.volume import write_nifti
 
@@ -227,7 +227,7 @@ def build(models: Models, delete_after: int | None = None) -> gr.Blocks:
 
     with gr.Blocks(title="brainvq", delete_cache=(seconds, seconds)) as app:
         gr.Markdown(f"# brainvq\nA VQ-VAE codes each 256x256 brain MRI slice as a {grid}x{grid} grid of "
-                    f"{vqvae.num_codes} codebook entries; a gated PixelCNN prior samples new grids. "
+                    f"{vqvae.num_codes} codebook entries; a {prior_description(models.prior)} prior samples new grids. "
                     f"Weights: {models.source}.")
         current_image, current_codes = gr.State(None), gr.State(None)
         with gr.Tab("Reconstruction"):

@@ -19,24 +19,14 @@ import tempfile
 from pathlib import Path
 
 from vqvae.generation import generation_table
-from vqvae.hub import CONFIG, REALISTIC, TRAINING, VOLUME_PRIOR, is_model_dir, prior_class, run_summary, stages_of
-from vqvae.transformer import CodeTransformer
+from vqvae.hub import (REALISTIC, TRAINING, VOLUME_PRIOR, is_model_dir, load_prior, prior_description, run_summary,
+                       stages_of)
 from train.cli import fail, run_or_fail
 
 CITATION = ("Marcus, D. S., Wang, T. H., Parker, J., Csernansky, J. G., Morris, J. C., Buckner, R. L. "
             "(2007). Open Access Series of Imaging Studies (OASIS): Cross-sectional MRI Data in Young, "
             "Middle Aged, Nondemented, and Demented Older Adults. Journal of Cognitive Neuroscience, "
             "19(9), 1498-1507.")
-
-
-def prior_kind(prior_dir: Path) -> str:
-    """What the prior is, in words, from its model's config.json."""
-    config = json.loads((Path(prior_dir) / CONFIG).read_text())
-    if prior_class(config) is CodeTransformer:
-        return "causal transformer"
-    if config.get("attention_every"):
-        return "gated PixelCNN with causal self-attention (PixelSNAIL-style)"
-    return "gated PixelCNN"
 
 
 def model_card(vqvae: dict, prior: dict, machine: str, generation: dict | None = None,
@@ -100,7 +90,7 @@ def package(vqvae_dir: Path, prior_dir: Path, out: Path, machine: str, generatio
     (out / "README.md").write_text(model_card(run_summary(vqvae_dir), run_summary(prior_dir), machine, report,
                                               run_summary(realistic) if realistic else None,
                                               run_summary(volume_prior) if volume_prior else None,
-                                              prior_kind(prior_dir)))
+                                              prior_description(load_prior(prior_dir))))
     return out
 
 

@@ -111,6 +111,15 @@ def load_prior(path: str | Path) -> GatedPixelCNN | CodeTransformer:
     return load_model(prior_class(config), folder)
 
 
+def prior_description(prior) -> str:
+    """What a prior is, in a few words (the page and the model card say it)."""
+    if isinstance(prior, CodeTransformer):
+        return "causal transformer"
+    if len(getattr(prior, "attention", ())):
+        return "gated PixelCNN with causal self-attention (PixelSNAIL-style)"
+    return "gated PixelCNN"
+
+
 def save_model(model, path: str | Path) -> Path:
     """``model.save_pretrained`` into a temporary sibling directory, then renamed into place: a
     model directory that exists is complete (a killed run never leaves half a model)."""
