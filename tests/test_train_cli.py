@@ -291,10 +291,11 @@ def test_position_net_and_generation_metrics_end_to_end(trained, tmp_path, capsy
     compare_priors.main(["--vqvae", str(trained / "vqvae" / "model"), "--prior", f"pixelcnn={trained / 'prior' / 'model'}",
                          "--prior", f"transformer={transformer}", "--data", str(oasis_like),
                          "--features", str(trained / "position" / "model"), "-n", "6", "--classifier-steps", "3",
-                         "--pairs", "4"])
+                         "--pairs", "4", "--sizes", "64"])
     table = capsys.readouterr().out
     assert "| pixelcnn | GatedPixelCNN |" in table and "| transformer | CodeTransformer |" in table
     assert "samples of transformer vs validate" in table and "reference: train vs validate" in table
+    assert "accuracy at 64x64" in table and "256x256" not in table  # --sizes 64
     with pytest.raises(SystemExit, match="NAME=DIR"):
         compare_priors.main(["--vqvae", "x", "--prior", "nameless", "--data", "y"])
 

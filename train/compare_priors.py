@@ -9,7 +9,7 @@ validate NLL in bits per code, and on n samples at T = 1.0 (slice positions of r
 slices, decoded by the faithful VQ-VAE): Fréchet distance of the position network's features,
 pair MS-SSIM diversity, memorisation (samples closer to a training slice than validate's 99th
 percentile), position read-back; then one classifier two-sample test (split by subject, at
-256x256 and 64x64) holding every prior's samples below its calibration rows. Sampling speed is
+256x256 and 64x64, or --sizes) holding every prior's samples below its calibration rows. Sampling speed is
 a benchmark (python -m benchmarks.sample_prior), not measured here.
 """
 from __future__ import annotations
@@ -70,8 +70,9 @@ def compare(args) -> dict:
                       "position_within_one": position_accuracy(feature_net, samples[name], positions)["within_one"],
                       **sample_metrics(samples[name], train_set, validate_set, feature_net, args.seed, args.pairs)}
         say(f"{name}: {rows[name]['nll_bits']:.3f} bits/code, Fréchet {rows[name]['frechet']:.1f}")
+    pools = tuple(validate.images.shape[-1] // size for size in args.sizes)
     table = two_sample_table({f"samples of {name} vs validate": Labelled(images) for name, images in samples.items()},
-                             train_set, validate_set, args.repeats, args.classifier_steps, args.seed)
+                             train_set, validate_set, args.repeats, args.classifier_steps, args.seed, pools)
     for name in rows:
         row = next(r for r in table if r["comparison"] == f"samples of {name} vs validate")
         rows[name]["two_sample"] = {size: row[size]["mean"] for size in row if size != "comparison"}
@@ -111,6 +112,9 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--classifier-steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 64], choices=[256, 128, 64, 32],
+                        help="resolutions of the two-sample test (the priors share one decoder, so 64x64, where "
+                             "it judges anatomy, is the one that tells priors apart; 256x256 judges texture)")
     parser.add_argument("--pairs", type=int, default=500)
     parser.add_argument("--out", help="folder for compare_priors.json")
     parser.add_argument("--json", action="store_true")
