@@ -268,8 +268,11 @@ def train_prior(config: PriorTraining) -> dict:
     if config.previous_slice:
         pair = (validate["codes"][validate_items], validate["positions"][validate_items],
                 validate["codes"][validate_below])
-        if config.init:  # the start is the trained prior exactly: what independent slices score
-            baselines["nll_bits_independent"] = nll_bits(load_prior(config.init), *pair[:2])
+        start = load_prior(config.init) if config.init else None
+        if start is not None and not start.previous_slice:
+            # started from an ordinary prior: what it scores is what independent slices score
+            # (a volume prior continued from another scores nothing meaningful without the slice below)
+            baselines["nll_bits_independent"] = nll_bits(start, *pair[:2])
 
     def evaluate():
         if config.previous_slice:
