@@ -56,15 +56,21 @@ def _names(keys) -> str:
 
 
 def load_model(cls, path: str | Path) -> torch.nn.Module:
-    """A model of class ``cls`` from a local model directory, in eval mode; strict."""
+    """A model of class ``cls`` from a local model directory, in eval mode; strict. ``cls`` may
+    also be a function that picks the class from the parsed config.json (``load_prior``)."""
     folder = Path(path)
     if not is_model_dir(folder):
         raise ModelLoadError(f"{folder} is not a model directory (needs {CONFIG} and {WEIGHTS})")
+    wanted = cls.__name__ if isinstance(cls, type) else "model"
     try:
         config = json.loads((folder / CONFIG).read_text())
+        if not isinstance(cls, type):
+            cls = cls(config)
         model = cls(**config)
+    except ModelLoadError:
+        raise
     except (ValueError, TypeError) as error:
-        raise ModelLoadError(f"{folder / CONFIG} does not describe a {cls.__name__}: {error}") from None
+        raise ModelLoadError(f"{folder / CONFIG} does not describe a {wanted}: {error}") from None
     try:
         state = load_file(folder / WEIGHTS)
     except Exception as error:  # truncated or not a safetensors file
@@ -99,16 +105,7 @@ def prior_class(config: dict):
 
 def load_prior(path: str | Path) -> GatedPixelCNN | CodeTransformer:
     """A prior of whichever class its config.json describes (``load_model``'s checks apply)."""
-    folder = Path(path)
-    if not is_model_dir(folder):
-        raise ModelLoadError(f"{folder} is not a model directory (needs {CONFIG} and {WEIGHTS})")
-    try:
-        config = json.loads((folder / CONFIG).read_text())
-    except ValueError as error:
-        raise ModelLoadError(f"{folder / CONFIG} is not JSON: {error}") from None
-    if not isinstance(config, dict):
-        raise ModelLoadError(f"{folder / CONFIG} is not a JSON object")
-    return load_model(prior_class(config), folder)
+    return load_model(prior_class, path)
 
 
 def prior_description(prior) -> str:

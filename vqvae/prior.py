@@ -162,12 +162,7 @@ class GatedPixelCNN(nn.Module, PyTorchModelHubMixin, library_name="brainvq",
                                   nn.Conv2d(channels, num_codes, 1))
 
     def conditions(self, positions: torch.Tensor | None, batch: int) -> torch.Tensor:
-        """Slice positions (B,) with -1 or None meaning "no position" -> condition indices."""
-        if positions is None:
-            return torch.full((batch,), self.no_position, dtype=torch.long,
-                              device=self.embedding.weight.device)
-        positions = positions.long()
-        return torch.where(positions < 0, torch.full_like(positions, self.no_position), positions)
+        return condition_indices(positions, batch, self.no_position, self.embedding.weight.device)
 
     def previous_map(self, previous: torch.Tensor | None) -> torch.Tensor | None:
         """The slice below's code grid (B, H, W) -> its spatial condition (B, P, H, W), or None."""
@@ -193,6 +188,15 @@ class GatedPixelCNN(nn.Module, PyTorchModelHubMixin, library_name="brainvq",
     def loss(self, codes, positions=None, previous=None) -> torch.Tensor:
         """Mean negative log-likelihood in nats per code."""
         return code_nll(self(codes, positions, previous), codes)
+
+
+def condition_indices(positions: torch.Tensor | None, batch: int, no_position: int, device) -> torch.Tensor:
+    """Slice positions (B,) with -1 or None meaning "no position" -> a prior's condition indices
+    (``no_position`` is the extra index trained by dropping the position)."""
+    if positions is None:
+        return torch.full((batch,), no_position, dtype=torch.long, device=device)
+    positions = positions.long()
+    return torch.where(positions < 0, torch.full_like(positions, no_position), positions)
 
 
 def code_nll(logits: torch.Tensor, codes: torch.Tensor, reduction: str = "mean") -> torch.Tensor:

@@ -240,8 +240,9 @@ def train_prior(config: PriorTraining) -> dict:
                               kernel=config.kernel, grid_size=grid, coordinates=config.coordinates,
                               previous_slice=config.previous_slice, attention_every=config.attention_every,
                               attention_heads=config.attention_heads)
-    if config.init:
-        load_into(prior, load_prior(config.init), new=("coordinate", "previous", "attention"))
+    start = load_prior(config.init) if config.init else None
+    if start is not None:
+        load_into(prior, start, new=("coordinate", "previous", "attention"))
     # Each training item: a code grid, and (volume prior) the grid of the slice below it.
     items, below = torch.arange(len(train["codes"])), None
     if config.previous_slice:
@@ -268,7 +269,6 @@ def train_prior(config: PriorTraining) -> dict:
     if config.previous_slice:
         pair = (validate["codes"][validate_items], validate["positions"][validate_items],
                 validate["codes"][validate_below])
-        start = load_prior(config.init) if config.init else None
         if start is not None and not start.previous_slice:
             # started from an ordinary prior: what it scores is what independent slices score
             # (a volume prior continued from another scores nothing meaningful without the slice below)

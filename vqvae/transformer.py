@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from .prior import code_nll
+from .prior import code_nll, condition_indices
 
 
 class Block(nn.Module):
@@ -65,11 +65,7 @@ class CodeTransformer(nn.Module, PyTorchModelHubMixin, library_name="brainvq",
         self.head = nn.Linear(channels, num_codes)
 
     def conditions(self, positions: torch.Tensor | None, batch: int) -> torch.Tensor:
-        """Slice positions (B,) with -1 or None meaning "no position" -> condition indices."""
-        if positions is None:
-            return torch.full((batch,), self.no_position, dtype=torch.long, device=self.position.device)
-        positions = positions.long()
-        return torch.where(positions < 0, torch.full_like(positions, self.no_position), positions)
+        return condition_indices(positions, batch, self.no_position, self.position.device)
 
     def forward(self, codes: torch.Tensor, positions: torch.Tensor | None = None,
                 previous: torch.Tensor | None = None) -> torch.Tensor:
