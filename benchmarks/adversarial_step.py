@@ -35,7 +35,7 @@ def step_seconds(config: VQVAETraining, adversarial: bool, precision: str, steps
         discriminator = PatchDiscriminator(config.disc_channels, config.disc_layers)
         adversary = Adversary(discriminator, torch.optim.Adam(discriminator.parameters(), lr=config.disc_lr),
                               last_decoder_layer(model), config.disc_weight, config.adaptive_max,
-                              config.feature_matching)
+                              config.feature_matching, config.disc_crop)
     x = torch.rand(config.batch_size, 1, 256, 256).to(memory_format=torch.channels_last)
 
     def context():
@@ -67,12 +67,15 @@ def main():
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--vqvae", default=str(BUNDLED), help="the faithful model the realistic decoder starts from")
     parser.add_argument("--texture-channels", type=int, default=16)
+    parser.add_argument("--disc-crop", type=int, default=VQVAETraining.disc_crop,
+                        help="the discriminator's crop (0 = whole slice), as train.vqvae's --disc-crop")
     args = parser.parse_args()
     print(f"machine: {machine()}")
     config = VQVAETraining(data="unused", out="unused", init=args.vqvae, decoder_only=True, adversarial=True,
-                           texture_channels=args.texture_channels, batch_size=args.batch_size, epochs=1)
+                           texture_channels=args.texture_channels, batch_size=args.batch_size, epochs=1,
+                           disc_crop=args.disc_crop)
     print(f"decoder-only step of {Path(args.vqvae).name} + texture head ({args.texture_channels} channels), "
-          f"batch {args.batch_size}, median of {args.steps}")
+          f"batch {args.batch_size}, discriminator crop {args.disc_crop or 'none'}, median of {args.steps}")
     print(f"{'precision':<10}{'plain s':>9}{'+ discriminator s':>19}{'ratio':>7}{'target':>8}")
     for precision in ("fp32", "bf16"):
         plain = step_seconds(config, False, precision, args.steps)

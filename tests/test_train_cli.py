@@ -364,7 +364,8 @@ def test_adversarial_decoder_keeps_the_codes_and_resumes_exactly(trained, oasis_
     checkpoint only; a resumed run ends where an uninterrupted one does."""
     faithful = trained / "vqvae" / "model"
     settings = ["--data", str(oasis_like), "--init", str(faithful), "--decoder-only", "--adversarial",
-                "--texture-channels", "4", "--disc-channels", "8", "--disc-start", "0", *TINY_VQVAE]
+                "--texture-channels", "4", "--disc-channels", "8", "--disc-start", "0", "--disc-crop", "32",
+                "--free-background", *TINY_VQVAE]  # crops come from the run's random stream: resumed too
     whole, split = tmp_path / "whole", tmp_path / "split"
     vqvae.main([*settings, "--out", str(whole), "--epochs", "2"])
     vqvae.main([*settings, "--out", str(split), "--epochs", "1"])

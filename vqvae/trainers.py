@@ -68,6 +68,10 @@ class VQVAETraining(RunConfig, DataConfig):
     disc_weight: float = option(0.1, "weight of the adversarial loss (times the adaptive weight)")
     adaptive_max: float = option(1.0, "clamp of VQGAN's adaptive weight (0 = a fixed weight of 1)")
     feature_matching: float = option(1.0, "weight of discriminator feature matching (pix2pixHD)")
+    disc_crop: int = option(128, "both players see the same random square crop this wide each step (0 = whole slice; "
+                                 "see vqvae/adversarial.py)")
+    free_background: bool = option(False, "where the slice is exactly 0 (background), outputs below 0 cost nothing: "
+                                          "decode clamps them to 0, so the loss judges what is shown")
     skip_bad: bool = option(False, "leave out unreadable or wrongly sized images (with a warning and a count)")
 
     def __post_init__(self):
@@ -111,6 +115,8 @@ def vqvae_loss(model: VQVAE, forward, x: torch.Tensor, config: VQVAETraining, co
         else:
             reconstruction, commit_loss, codes = forward(x)
     reconstruction = reconstruction.float()
+    if config.free_background:  # real background is exactly 0; decode shows max(output, 0) there
+        reconstruction = torch.where(x == 0, reconstruction.clamp(min=0.0), reconstruction)
     pixel = (F.l1_loss if config.pixel_loss == "l1" else F.mse_loss)(reconstruction, x)
     loss = pixel + commit_loss
     if config.ssim_weight:
@@ -145,7 +151,7 @@ def train_vqvae(config: VQVAETraining) -> dict:
         disc_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.disc_lr, betas=(0.5, 0.9))
         companions = {"discriminator": discriminator, "disc_optimizer": disc_optimizer}
         adversary = Adversary(discriminator, disc_optimizer, last_decoder_layer(model), config.disc_weight,
-                              config.adaptive_max, config.feature_matching)
+                              config.adaptive_max, config.feature_matching, config.disc_crop)
     # a resumed run's weights (and discriminator) replace --init's
     run = TrainingRun(config, model, optimizer, len(train), companions)
     # after TrainingRun: a resumed model is loaded before DDP copies it

@@ -1,0 +1,62 @@
+"""The discriminator's side of the realistic decoder (vqvae/adversarial.py) and the loss that
+judges what decode shows (vqvae/trainers.py: --free-background)."""
+import torch
+from torch.nn import functional as F
+
+from vqvae.adversarial import Adversary, PatchDiscriminator, random_crop
+from vqvae.model import VQVAE
+from vqvae.trainers import VQVAETraining, vqvae_loss
+
+
+def test_random_crop_is_a_square_inside_the_image_and_follows_the_seed():
+    torch.manual_seed(3)
+    rows, cols = random_crop(32, 64, 48)
+    assert rows.stop - rows.start == 32 and cols.stop - cols.start == 32
+    assert 0 <= rows.start <= 32 and 0 <= cols.start <= 16
+    torch.manual_seed(3)
+    assert random_crop(32, 64, 48) == (rows, cols)
+    assert random_crop(0, 64, 64) == (slice(None), slice(None))
+    assert random_crop(128, 64, 64) == (slice(None), slice(None))  # not smaller: the whole image
+
+
+def test_the_discriminator_judges_the_same_clamped_crop_of_real_and_reconstruction():
+    seen = []
+    discriminator = PatchDiscriminator(channels=8, layers=2)
+    discriminator.blocks[0].register_forward_pre_hook(  # every judgement starts here, input centred as 2x - 1
+        lambda module, args: seen.append((args[0].detach() + 1) / 2))
+    decoder_weight = torch.nn.Parameter(torch.ones(1))
+    adversary = Adversary(discriminator, torch.optim.Adam(discriminator.parameters()), decoder_weight,
+                          weight=0.1, adaptive_max=1.0, feature_matching=1.0, crop=16)
+    real = torch.rand(2, 1, 64, 64)
+    fake = decoder_weight * (real + 0.5) - 0.4  # below 0 and above 1 in places
+    loss, logged = adversary.generator_loss(F.l1_loss(fake, real), fake, real, torch.autocast("cpu", enabled=False))
+    loss.backward()
+    assert decoder_weight.grad is not None and {"g_loss", "adv_weight", "fm"} <= set(logged)
+    adversary.discriminator_step(real, fake.detach(), torch.autocast("cpu", enabled=False))
+    rows, cols = adversary.window
+    assert all(x.shape[-2:] == (16, 16) for x in seen) and len(seen) == 4  # fake, real; then real, fake
+    assert torch.allclose(seen[1], real[..., rows, cols]) and torch.equal(seen[2], seen[1])
+    assert torch.allclose(seen[0], fake.detach()[..., rows, cols].clamp(0, 1)) and torch.equal(seen[3], seen[0])
+
+
+def test_free_background_only_forgives_outputs_below_zero_where_the_slice_is_zero():
+    class Fixed(torch.nn.Module):  # a "decoder" whose output is given
+        def __init__(self, output):
+            super().__init__()
+            self.output = output
+
+        def forward(self, latents):
+            return self.output
+
+    model = VQVAE(downsample=4, num_codes=8, code_dim=4, base_channels=8, hidden_channels=8, res_hidden=8)
+    x = torch.zeros(1, 1, 16, 16)
+    x[..., 4:12, 4:12] = 0.5
+    shown = x.clone()  # exact where the head is; below 0 in the background: decode shows 0 there
+    shown[..., :4, :] = -0.3
+    output = shown.clone()
+    output[..., 6, 6] = -0.2  # below 0 inside the head is an error either way
+    config = dict(data="unused", out="unused", epochs=1, init="unused", decoder_only=True, pixel_loss="l1", ssim_weight=0.0)
+    free = vqvae_loss(model, Fixed(output), x, VQVAETraining(free_background=True, **config), torch.autocast("cpu", enabled=False))[0]
+    plain = vqvae_loss(model, Fixed(output), x, VQVAETraining(**config), torch.autocast("cpu", enabled=False))[0]
+    assert torch.isclose(free, torch.tensor(0.7 / 256))  # only the in-head error counts
+    assert plain > free
