@@ -485,7 +485,7 @@ def test_evaluate_surprise_reports_auc_and_writes_the_reference(trained, tmp_pat
                             "--features", str(tmp_path / "features"), "-n", "4", "--out", str(out), "--json"])
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["slices"] == 4 and report["lesion_codes"] > 0 and report["reference_slices"] == 6
-    assert report["auc"] == report["auc_position_predicted"]
+    assert report["auc"] == report["auc_position_predicted"] and 0 <= report["auc_nll"] <= 1
     reference = json.loads((out / "surprise_reference.json").read_text())
     assert reference["total_bits_mean"] == pytest.approx(report["reference_total_bits_mean"])
     from vqvae.hub import load_models

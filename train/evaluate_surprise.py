@@ -28,7 +28,8 @@ from vqvae.data import load_split
 from vqvae.hub import load_model, load_prior
 from vqvae.model import VQVAE
 from vqvae.generation import SliceCNN, batched
-from vqvae.surprise import SURPRISE_REFERENCE, auc, cells_covering, code_surprise, paste_lesion
+from vqvae.surprise import (SURPRISE_REFERENCE, auc, cells_covering, code_surprise, paste_lesion,
+                            regional_surprise, surprise_and_expected)
 from train.cli import run_or_fail
 
 DEFAULT_FEATURES = Path(__file__).resolve().parents[1] / "assets" / "models" / "position_net"
@@ -43,7 +44,8 @@ def evaluate(args) -> dict:
     totals = code_surprise(prior, encode_images(vqvae, validate.images), reference_positions).sum(dim=(1, 2)).numpy()
     rng = np.random.default_rng(args.seed)
     picks = rng.choice(len(validate), size=min(args.n, len(validate)), replace=False)
-    scores = {mode: ([], []) for mode in ("none", "predicted", "true")}
+    scores = {mode: ([], []) for mode in ("none", "predicted", "true")}  # regional surprise, by position given
+    nll_scores = ([], [])  # the NLL alone, at --position
     for index in picks:
         image = validate.images[index, 0].numpy()
         lesioned, mask = paste_lesion(image, rng)
@@ -54,15 +56,21 @@ def evaluate(args) -> dict:
         lesion = cells_covering(mask, codes.shape[-1])
         brain = cells_covering(image > 0, codes.shape[-1], min_fraction=0.5) & ~lesion
         for mode, position in positions.items():
-            bits = code_surprise(prior, codes, position)[0].numpy()
-            scores[mode][0].append(bits[lesion])
-            scores[mode][1].append(bits[brain])
+            bits, expected = (t[0].numpy() for t in surprise_and_expected(prior, codes, position))
+            regional = regional_surprise(bits, expected)
+            scores[mode][0].append(regional[lesion])
+            scores[mode][1].append(regional[brain])
+            if mode == args.position:
+                nll_scores[0].append(bits[lesion])
+                nll_scores[1].append(bits[brain])
     positive, negative = (np.concatenate(part) for part in scores[args.position])
     return {"slices": len(picks), "lesion_codes": len(positive), "other_in_brain_codes": len(negative),
             "position": args.position, "auc": auc(positive, negative),
+            "auc_nll": auc(*(np.concatenate(part) for part in nll_scores)),
+            "lesion_regional_mean": float(positive.mean()), "other_regional_mean": float(negative.mean()),
             **{f"auc_position_{mode}": auc(np.concatenate(p), np.concatenate(n)) for mode, (p, n) in scores.items()},
-            "lesion_bits_mean": float(positive.mean()),
-            "other_bits_mean": float(negative.mean()),
+            "lesion_bits_mean": float(np.concatenate(nll_scores[0]).mean()),
+            "other_bits_mean": float(np.concatenate(nll_scores[1]).mean()),
             "reference_total_bits_mean": float(totals.mean()), "reference_total_bits_std": float(totals.std()),
             "reference_total_bits_p99": float(np.quantile(totals, 0.99)), "reference_slices": len(totals)}
 
@@ -89,10 +97,11 @@ def main(argv=None):
     if args.json:
         print(json.dumps(report))
         return
-    print("| lesions | lesion codes | other in-brain codes | per-code AUC | bits, lesion / other | "
-          "validate total bits (mean ± sd, p99) |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| lesions | lesion codes | other in-brain codes | per-code AUC, regional (app) | per-code AUC, NLL alone | "
+          "regional bits, lesion / other | NLL bits, lesion / other | validate total bits (mean ± sd, p99) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     print(f"| {report['slices']} | {report['lesion_codes']} | {report['other_in_brain_codes']} | {report['auc']:.3f} | "
+          f"{report['auc_nll']:.3f} | {report['lesion_regional_mean']:.2f} / {report['other_regional_mean']:.2f} | "
           f"{report['lesion_bits_mean']:.2f} / {report['other_bits_mean']:.2f} | "
           f"{report['reference_total_bits_mean']:.0f} ± {report['reference_total_bits_std']:.0f}, "
           f"{report['reference_total_bits_p99']:.0f} |")

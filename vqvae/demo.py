@@ -13,7 +13,7 @@ from .images import error_map, slice_tensor, to_uint8, to_unit
 from .metrics import image_metrics
 from .model import VQVAE
 from .sampling import iter_rows_cached, iter_volume
-from .surprise import code_surprise, heat_map
+from .surprise import heat_map, regional_surprise, surprise_and_expected
 from .upload import InputError, NiftiVolume, fit_to_square
 
 MAX_SAMPLES = 16
@@ -200,25 +200,30 @@ def sample_stream(models: Models, n, temperature=1.0, top_k=0, seed=0, position=
 
 # -- surprise -----------------------------------------------------------------------------
 
+REGION_FULL_SCALE = 4.0  # bits beyond expected at full brightness (lesion regions score ~2-6)
+
 def surprise_view(models: Models, image: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, str]:
-    """The slice's per-code surprise under the prior as a heat map, and its total in bits beside
-    what unaltered validate slices score (where the weights carry that reference)."""
+    """The slice's regional surprise under the prior (``surprise.regional_surprise``: bits beyond
+    what the prior expected, pooled over neighbouring codes) as a heat map, and its total
+    surprise in bits beside what unaltered validate slices score (where the weights carry that
+    reference)."""
     position, where = None, ""
     if models.position_net is not None:  # an upload's position is unknown: read it from the slice
         with torch.no_grad():
             k = int(models.position_net(torch.from_numpy(image)[None, None]).argmax(1))
         if 0 <= k < models.prior.num_positions:
             position, where = torch.tensor([k]), f" at slice position {k} (read from the slice)"
-    bits = code_surprise(models.prior, torch.from_numpy(np.asarray(codes)).long()[None], position)[0].numpy()
+    bits, expected = (t[0].numpy() for t in surprise_and_expected(
+        models.prior, torch.from_numpy(np.asarray(codes)).long()[None], position))
     total = float(bits.sum())
     text = f"**Surprise under the prior{where}:** {total:.0f} bits for the whole slice"
     reference = models.surprise_reference
     if reference:
         text += (f" (unaltered validate slices: {reference['total_bits_mean']:.0f} ± "
                  f"{reference['total_bits_std']:.0f}, 99th percentile {reference['total_bits_p99']:.0f})")
-    text += (". Bright cells are codes the prior did not expect; a causal prior also spreads surprise "
-             "below and to the right of them.")
-    return heat_map(bits, image), text
+    text += (". Bright regions are codes the prior did not expect, beyond how hard it expected them to be "
+             "(pooled over neighbouring codes); a causal prior also spreads surprise below and to the right.")
+    return heat_map(regional_surprise(bits, expected), image, full_scale=REGION_FULL_SCALE), text
 
 
 # -- volumes -------------------------------------------------------------------------------

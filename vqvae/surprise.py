@@ -6,6 +6,13 @@ expect, so their negative log-likelihood is high.
 One forward pass of the prior gives every code's NLL (the logits at (i, j) depend only on codes
 before it). A causal prior also spreads surprise below and to the right of an anomaly: what it
 expected next was conditioned on the odd codes. The map shows that as it is.
+
+The map the app shows is ``regional_surprise``: each code's NLL minus the entropy of the prior's
+prediction there (the NLL it expected: cortex is always hard to predict, a ventricle edge rarely
+is), averaged over a Gaussian neighbourhood of ``REGION_SIGMA`` code cells. A lesion a few
+pixels across changes a few neighbouring codes; the neighbourhood pools them and damps single
+hard codes. On 200 validate slices with synthetic lesions this raised the per-code AUC from
+0.86 (NLL alone) to 0.95 (README: surprise). Same forward pass, no extra cost.
 """
 from __future__ import annotations
 
@@ -20,13 +27,32 @@ from .images import hot, to_uint8, to_unit
 from .prior import GatedPixelCNN, code_nll
 
 SURPRISE_REFERENCE = "surprise_reference.json"  # beside a prior: validate's total surprise, for the app
+REGION_SIGMA = 1.0  # code cells: the neighbourhood ``regional_surprise`` pools (8 pixels at f = 8)
 
 
 @torch.no_grad()
+def surprise_and_expected(prior: GatedPixelCNN, codes: torch.Tensor,
+                          positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Code grids (B, H, W) -> (each code's negative log-likelihood, the entropy of the prior's
+    prediction at that code: the NLL it expected), both in bits (B, H, W); one forward pass."""
+    prior.eval()
+    logits = prior(codes, positions).float()
+    log_probs = torch.log_softmax(logits, dim=1)
+    expected = -(log_probs.exp() * log_probs).sum(dim=1) / math.log(2)
+    return code_nll(logits, codes, reduction="none") / math.log(2), expected
+
+
 def code_surprise(prior: GatedPixelCNN, codes: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
     """Code grids (B, H, W) -> each code's negative log-likelihood in bits (B, H, W)."""
-    prior.eval()
-    return code_nll(prior(codes, positions), codes, reduction="none") / math.log(2)
+    return surprise_and_expected(prior, codes, positions)[0]
+
+
+def regional_surprise(bits: np.ndarray, expected: np.ndarray, sigma: float = REGION_SIGMA) -> np.ndarray:
+    """Surprise beyond what the prior expected (bits - expected), averaged over a Gaussian
+    neighbourhood of ``sigma`` code cells: (..., H, W) -> (..., H, W)."""
+    excess = np.asarray(bits, dtype=np.float64) - np.asarray(expected, dtype=np.float64)
+    spread = (0,) * (excess.ndim - 2) + (sigma, sigma)
+    return ndimage.gaussian_filter(excess, spread, mode="nearest")
 
 
 def heat_map(bits: np.ndarray, image: np.ndarray, full_scale: float = 16.0) -> np.ndarray:
