@@ -251,7 +251,7 @@ def build(models: Models, delete_after: int | None = None) -> gr.Blocks:
             summary = gr.Markdown("Non-square or non-256x256 images are padded with black to a square "
                                   "and resized to 256x256; the note below the metrics says what was done.")
             with gr.Row():
-                surprise_map = gr.Image(label="Surprise: each code's negative log-likelihood under the prior",
+                surprise_map = gr.Image(label="Surprise: bits beyond what the prior expected, pooled over neighbouring codes",
                                         format="png", interactive=False)
                 surprise_summary = gr.Markdown()
             with gr.Row():
