@@ -53,7 +53,7 @@ def model_card(vqvae: dict, prior: dict, machine: str, generation: dict | None =
              "## Training", "", f"Trained on the OASIS train split (9664 slices) on {machine}.", ""]
     parts = [("VQ-VAE", vqvae), ("Prior", prior)]
     parts += [("Realistic decoder (vqvae-realistic/)", realistic)] if realistic is not None else []
-    parts += [("Volume prior (prior-volume/, from the prior above)", volume_prior)] if volume_prior is not None else []
+    parts += [("Volume prior (prior-volume/)", volume_prior)] if volume_prior is not None else []
     for title, summary in parts:
         lines.append(f"- {title}: " + "; then ".join(stages_of(summary)))
     lines += ["", "## Validate metrics", "", "| metric | value |", "| --- | --- |"]
