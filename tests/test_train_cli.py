@@ -240,6 +240,23 @@ def test_push_to_hub_packages_a_loadable_folder_with_a_model_card(trained, tmp_p
     assert load_models(str(out), None).vqvae.num_codes == 16
 
 
+def test_repackaging_a_prior_continued_from_the_packaged_one_keeps_its_whole_lineage(trained, tmp_path):
+    """Shipping a prior trained with --init assets/models/prior into assets/models: its lineage
+    runs through the folder being replaced, so it is read before anything is copied."""
+    out = tmp_path / "weights"
+    first = ["--vqvae", str(trained / "vqvae" / "model"), "--out", str(out)]
+    push_to_hub.main([*first, "--prior", str(trained / "prior" / "model")])
+    before = json.loads((out / "prior" / "training.json").read_text())["stages"]
+    continued = tmp_path / "runs" / "continued"
+    shutil.copytree(trained / "prior" / "model", continued / "model")
+    (continued / "run_config.json").write_text(json.dumps({"minutes": 60, "batch_size": 32, "lr": 0.0005,
+                                                           "seed": 0, "init": str(out / "prior")}))
+    push_to_hub.main([*first, "--prior", str(continued / "model")])
+    after = json.loads((out / "prior" / "training.json").read_text())["stages"]
+    assert after == before + ["60 minutes, batch 32, lr 0.0005, seed 0"]
+    assert f"- Prior: {'; then '.join(after)}\n" in (out / "README.md").read_text()
+
+
 def test_push_to_hub_without_network_fails_with_one_line(trained, tmp_path):
     result = run_cli("train.push_to_hub", "--vqvae", str(trained / "vqvae" / "model"),
                      "--prior", str(trained / "prior" / "model"), "--repo-id", "someone/brainvq")

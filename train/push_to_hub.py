@@ -63,7 +63,8 @@ def model_card(vqvae: dict, prior: dict, machine: str, generation: dict | None =
     if generation:
         lines += ["", f"## Generation metrics ({generation['images']} samples vs validate, "
                   f"temperature {generation['temperature']})", "", generation_table(generation), "",
-                  "Made by `python -m train.evaluate_generation`; the Fréchet distance uses `position_net/`, "
+                  "Made by `python -m train.evaluate_generation` or `python -m train.compare_priors` (the same "
+                  "measures, `vqvae.generation.sample_metrics`); the Fréchet distance uses `position_net/`, "
                   "a small CNN trained on OASIS train to predict the slice position."]
     lines += ["", "SSIM is scikit-image's `structural_similarity(x, y, data_range=1.0)` on [0, 1] images; "
               "in-brain SSIM averages the SSIM map over the head only.", "", "## Data and citation", "",
@@ -79,18 +80,22 @@ def package(vqvae_dir: Path, prior_dir: Path, out: Path, machine: str, generatio
         if not is_model_dir(path):
             raise ValueError(f"{path} is not a model directory (needs config.json and model.safetensors)")
     out.mkdir(parents=True, exist_ok=True)
+    # every lineage is read before any folder is replaced: a prior continued from the packaged
+    # one (--init assets/models/prior) follows its --init into the folder it is about to replace
+    summaries = {name: run_summary(source) for name, source in folders.items()}
+    stages = {name: stages_of(summary) for name, summary in summaries.items()}
     for name, source in folders.items():
-        summary, target = run_summary(source), out / name
+        target = out / name
         if target.resolve() != Path(source).resolve():  # re-packaging in place keeps the folder
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(source, target)
-        kept = {k: v for k, v in summary.items() if k != "config"}
-        (target / TRAINING).write_text(json.dumps({**kept, "stages": stages_of(summary)}, indent=2))
+        kept = {k: v for k, v in summaries[name].items() if k != "config"}
+        (target / TRAINING).write_text(json.dumps({**kept, "stages": stages[name]}, indent=2))
     report = json.loads(generation.read_text()) if generation else None
-    (out / "README.md").write_text(model_card(run_summary(vqvae_dir), run_summary(prior_dir), machine, report,
-                                              run_summary(realistic) if realistic else None,
-                                              run_summary(volume_prior) if volume_prior else None,
-                                              prior_description(load_prior(prior_dir))))
+    packaged = {name: run_summary(out / name) for name in folders}  # what travels with each folder
+    (out / "README.md").write_text(model_card(packaged["vqvae"], packaged["prior"], machine, report,
+                                              packaged.get(REALISTIC), packaged.get(VOLUME_PRIOR),
+                                              prior_description(load_prior(out / "prior"))))
     return out
 
 
