@@ -358,13 +358,14 @@ def test_reconstruct_volume_covers_every_slice(tiny_models, tmp_path):
     assert np.array_equal(rebuilt[1], demo.reconstruct_slice(tiny_models.vqvae, single)["reconstruction"])
 
 
-def test_surprise_view_totals_the_per_code_bits(tiny_models):
-    from vqvae.surprise import code_surprise
+def test_surprise_view_totals_the_per_code_bits_and_maps_the_regional_surprise(tiny_models):
+    from vqvae.surprise import heat_map, regional_surprise, surprise_and_expected
     image = synthetic_slice(np.random.default_rng(6), 256)
     codes = demo.reconstruct_slice(tiny_models.vqvae, image)["codes"]
     heat, text = demo.surprise_view(tiny_models, image, codes)
-    total = code_surprise(tiny_models.prior, torch.from_numpy(codes)[None])[0].sum().item()
-    assert heat.shape == (256, 256, 3) and f"{total:.0f} bits" in text
+    bits, expected = (t[0].numpy() for t in surprise_and_expected(tiny_models.prior, torch.from_numpy(codes)[None]))
+    assert heat.shape == (256, 256, 3) and f"{bits.sum():.0f} bits" in text
+    assert np.array_equal(heat, heat_map(regional_surprise(bits, expected), image, full_scale=demo.REGION_FULL_SCALE))
 
 
 def test_image_sizes_are_refused_from_the_header_before_decoding(tmp_path, monkeypatch):
