@@ -72,6 +72,13 @@ def model_card(vqvae: dict, prior: dict, machine: str, generation: dict | None =
     return "\n".join(lines)
 
 
+def packaged_summary(model_dir: Path) -> dict:
+    """What travels with a packaged model (its training.json) and what the card is written
+    from: its run's summary with the lineage resolved into stages, without the run's config."""
+    summary = run_summary(model_dir)
+    return {**{k: v for k, v in summary.items() if k != "config"}, "stages": stages_of(summary)}
+
+
 def package(vqvae_dir: Path, prior_dir: Path, out: Path, machine: str, generation: Path | None = None,
             features: Path | None = None, realistic: Path | None = None, volume_prior: Path | None = None) -> Path:
     folders = {"vqvae": vqvae_dir, "prior": prior_dir, **({"position_net": features} if features else {}),
@@ -82,17 +89,14 @@ def package(vqvae_dir: Path, prior_dir: Path, out: Path, machine: str, generatio
     out.mkdir(parents=True, exist_ok=True)
     # every lineage is read before any folder is replaced: a prior continued from the packaged
     # one (--init assets/models/prior) follows its --init into the folder it is about to replace
-    summaries = {name: run_summary(source) for name, source in folders.items()}
-    stages = {name: stages_of(summary) for name, summary in summaries.items()}
+    packaged = {name: packaged_summary(source) for name, source in folders.items()}
     for name, source in folders.items():
         target = out / name
         if target.resolve() != Path(source).resolve():  # re-packaging in place keeps the folder
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(source, target)
-        kept = {k: v for k, v in summaries[name].items() if k != "config"}
-        (target / TRAINING).write_text(json.dumps({**kept, "stages": stages[name]}, indent=2))
+        (target / TRAINING).write_text(json.dumps(packaged[name], indent=2))
     report = json.loads(generation.read_text()) if generation else None
-    packaged = {name: run_summary(out / name) for name in folders}  # what travels with each folder
     (out / "README.md").write_text(model_card(packaged["vqvae"], packaged["prior"], machine, report,
                                               packaged.get(REALISTIC), packaged.get(VOLUME_PRIOR),
                                               prior_description(load_prior(out / "prior"))))
