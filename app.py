@@ -40,6 +40,7 @@ CACHE_SECONDS = 3600
 # in real volumes (SSIM 0.941; 0.918 at 1.0) while a volume still changes bottom to top as a real
 # one does (first vs last 0.616; at 0.7 it changes too little, 0.647)
 VOLUME_TEMPERATURE = 0.8
+SAMPLE_GUIDANCE = 1.0
 TWO_DECODERS = ("**Faithful** decodes the codes to the image closest to the input (best SSIM); **realistic** "
                 "decodes the same codes with a decoder trained against a discriminator: it invents "
                 "plausible texture, so it looks like a scan but its fine detail is not the input's.")
@@ -188,10 +189,10 @@ def build(models: Models, delete_after: int | None = None) -> gr.Blocks:
         return code, *show_code(image, codes, code)
 
     @user_errors_stream
-    def sample(n, temperature, top_k, seed, position, decoder_name="realistic"):
+    def sample(n, temperature, top_k, seed, position, decoder_name="realistic", guidance=SAMPLE_GUIDANCE):
         position = None if position in (None, "any") else position
         for images, rows, total in demo.sample_stream(models, n, temperature, top_k, seed, position,
-                                                      decoder_name=decoder_name):
+                                                      decoder_name=decoder_name, guidance=guidance):
             yield [shown(image) for image in images], f"{rows}/{total} rows sampled"
 
     @user_errors
@@ -278,6 +279,8 @@ def build(models: Models, delete_after: int | None = None) -> gr.Blocks:
                 top_k = gr.Number(value=0, precision=0, minimum=0, label="Top-k (0 = off)")
                 seed = gr.Number(value=0, precision=0, label="Seed")
                 position = gr.Dropdown(positions, value="any", label="Slice position k")
+                guidance = Slider(1.0, 4.0, value=SAMPLE_GUIDANCE, step=0.25,
+                                  label="Guidance towards slice position k (1 = none; only with a position)")
                 decoder_name = gr.Radio(list(demo.DECODERS), value="realistic", label="Decoder",
                                         visible=realistic is not None)
             with gr.Row():
@@ -310,7 +313,7 @@ def build(models: Models, delete_after: int | None = None) -> gr.Blocks:
         show.click(show_code, [current_image, current_codes, code], [highlighted, decoded], api_name="show_code")
         code_image.select(pick_code, [current_image, current_codes], [code, highlighted, decoded], api_name=False)
         opacity.release(redraw_map, [current_image, current_codes, opacity], [code_image], api_name="code_map")
-        sample_button.click(sample, [n, temperature, top_k, seed, position, decoder_name], [gallery, status],
+        sample_button.click(sample, [n, temperature, top_k, seed, position, decoder_name, guidance], [gallery, status],
                             api_name="sample")
         whole_button.click(reconstruct_whole, [upload], [whole_file, whole_status], api_name="reconstruct_volume")
         volume_button.click(sample_volume, [volume_temperature, top_k, seed, decoder_name],

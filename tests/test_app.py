@@ -169,6 +169,7 @@ def test_bad_upload_is_a_visible_error_and_the_app_keeps_serving(server, slice_p
                  id="sample-seed-2**64"),
     pytest.param("/sample", (4, 1.0, 0, -1, "any"), "seed must be from 0 to", id="sample-seed-negative"),
     pytest.param("/sample", (4, 1.0, None, 1, "any"), "top-k is empty", id="sample-top_k-cleared"),
+    pytest.param("/sample", (4, 1.0, 0, 1, "16", "faithful", None), "guidance is empty", id="sample-guidance-cleared"),
     pytest.param("/complete", (16, 1.0, 0, 2**64), "seed must be from 0 to", id="complete-seed-2**64"),
     pytest.param("/show_code", (None,), "code is empty", id="show_code-cleared"),
     pytest.param("/show_code", (10**6,), r"(code must be from 0 to|greater than maximum value) \d+",

@@ -210,8 +210,19 @@ def test_completion_keeps_the_initial_rows_in_the_images(tiny_models):
         assert not np.array_equal(a[bottom:], b[bottom:])
 
 
+def test_sample_stream_passes_the_guidance_on(tiny_models):
+    from vqvae.sampling import sample_cached
+    *_, (images, _, _) = demo.sample_stream(tiny_models, 2, seed=5, position=3, guidance="2.5")  # a form's string
+    codes = sample_cached(tiny_models.prior, 2, positions=torch.tensor([3, 3]), guidance=2.5,
+                          generator=torch.Generator().manual_seed(5))
+    assert np.array_equal(np.stack(images), to_uint8(tiny_models.vqvae.decode(codes)[:, 0]))
+    *_, (plain, _, _) = demo.sample_stream(tiny_models, 2, seed=5, position=3)
+    assert not np.array_equal(np.stack(images), np.stack(plain))
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"n": 0}, "from 1 to 16"), ({"n": 2, "temperature": -1}, "temperature must be from 0"),
+    ({"n": 2, "guidance": 11}, "guidance must be from 0"),
     ({"n": 2, "position": 40}, "slice position"), ({"n": 2, "keep_rows": 40, "initial": np.zeros((32, 32))}, "rows to keep"),
 ])
 def test_sample_stream_rejects_bad_settings(tiny_models, kwargs, message):

@@ -11,6 +11,9 @@ CASES = {
     "greedy": {"temperature": 0.0},
     "completion": {"keep_rows": 3, "initial": torch.randint(0, 16, (4, 8, 8),
                                                          generator=torch.Generator().manual_seed(5))},
+    "guidance": {"positions": torch.tensor([0, 1, 3, 2]), "guidance": 2.5},
+    "guided completion": {"positions": torch.tensor([0, 1, 3, 2]), "guidance": 1.5, "keep_rows": 3,
+                          "initial": torch.randint(0, 16, (4, 8, 8), generator=torch.Generator().manual_seed(5))},
 }
 
 
@@ -47,21 +50,38 @@ def test_pick_codes_top_k_and_temperature():
     assert len(hot.unique()) == 4  # near-uniform at high temperature
 
 
-@pytest.mark.parametrize("kwargs", [{}, {"temperature": 0.7, "top_k": 5}, {"keep_rows": 3}])
+@pytest.mark.parametrize("kwargs", [{}, {"temperature": 0.7, "top_k": 5}, {"keep_rows": 3}, {"guidance": 2.0}])
 def test_teacher_forced_picks_reproduce_the_reference(kwargs):
     """The one-pass check gives exactly the reference sampler's codes, and catches a changed code."""
     prior = tiny_prior(coordinates=3)
     keep = kwargs.get("keep_rows", 0)
     initial = torch.randint(0, 16, (3, 8, 8), generator=torch.Generator().manual_seed(1)) if keep else None
-    reference = sample_reference(prior, 3, generator=torch.Generator().manual_seed(11), initial=initial, **kwargs)
-    picks, margin = teacher_forced_picks(prior, reference, seed=11, temperature=kwargs.get("temperature", 1.0),
-                                         top_k=kwargs.get("top_k"), keep_rows=keep)
+    positions = torch.tensor([0, 2, 3])
+    reference = sample_reference(prior, 3, positions, generator=torch.Generator().manual_seed(11), initial=initial,
+                                 **kwargs)
+    picks, margin = teacher_forced_picks(prior, reference, positions, seed=11, temperature=kwargs.get("temperature", 1.0),
+                                         top_k=kwargs.get("top_k"), keep_rows=keep, guidance=kwargs.get("guidance", 1.0))
     assert torch.equal(picks, reference) and (margin[:, keep:] > 0).all()
     tampered = reference.clone()
     tampered[0, 5, 5] = (tampered[0, 5, 5] + 1) % 16
-    picks, _ = teacher_forced_picks(prior, tampered, seed=11, temperature=kwargs.get("temperature", 1.0),
-                                    top_k=kwargs.get("top_k"), keep_rows=keep)
+    picks, _ = teacher_forced_picks(prior, tampered, positions, seed=11, temperature=kwargs.get("temperature", 1.0),
+                                    top_k=kwargs.get("top_k"), keep_rows=keep, guidance=kwargs.get("guidance", 1.0))
     assert picks[0, 5, 5] != tampered[0, 5, 5]
+
+
+def test_guidance_one_is_the_plain_sampler_and_guidance_changes_the_draw():
+    prior = tiny_prior(coordinates=3, attention_every=1)
+    positions = torch.tensor([0, 1, 3, 2])
+    plain = sample_cached(prior, 4, positions, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(plain, sample_cached(prior, 4, positions, generator=torch.Generator().manual_seed(3),
+                                            guidance=1.0))
+    assert not torch.equal(plain, sample_cached(prior, 4, positions, generator=torch.Generator().manual_seed(3),
+                                                guidance=4.0))
+    # without a position there is nothing to guide towards: the unconditional draw
+    free = sample_cached(prior, 4, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(free, sample_cached(prior, 4, generator=torch.Generator().manual_seed(3), guidance=4.0))
+    with pytest.raises(ValueError, match="guidance"):
+        sample_cached(prior, 4, positions, guidance=-1.0)
 
 
 def test_cached_sampler_on_the_shipped_prior_picks_what_the_reference_would():

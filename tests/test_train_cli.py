@@ -167,12 +167,21 @@ def test_codes_and_prior_baselines(trained):
     assert final["nll_bits"] == pytest.approx(nll_bits(prior_model, data["codes"], data["positions"]), rel=1e-5)
 
 
-def test_sample_writes_pngs_and_grid(trained, tmp_path):
+def test_sample_writes_pngs_and_grid(trained, tmp_path, monkeypatch):
+    from vqvae.sampling import sample_codes
     sample.main(["--vqvae", str(trained / "vqvae" / "model"), "--prior", str(trained / "prior" / "model"),
                  "-n", "2", "--out", str(tmp_path), "--slice", "3", "--top-k", "4", "--seed", "1"])
     assert {p.name for p in tmp_path.iterdir()} == {"sample_000.png", "sample_001.png", "grid.png"}
     with Image.open(tmp_path / "grid.png") as grid:
         assert grid.size == (256 * 2 + 2, 256)
+    seen = []  # --guidance reaches the sampler (what it does is tests/test_sampling.py's)
+    monkeypatch.setattr(sample, "sample_codes", lambda *a, **k: seen.append(k["guidance"]) or sample_codes(*a, **k))
+    sample.main(["--vqvae", str(trained / "vqvae" / "model"), "--prior", str(trained / "prior" / "model"),
+                 "-n", "2", "--out", str(tmp_path / "guided"), "--slice", "3", "--guidance", "4"])
+    assert seen == [4.0] and (tmp_path / "guided" / "grid.png").is_file()
+    with pytest.raises(SystemExit, match="guidance"):
+        sample.main(["--vqvae", str(trained / "vqvae" / "model"), "--prior", str(trained / "prior" / "model"),
+                     "--out", str(tmp_path / "bad"), "--slice", "3", "--guidance", "-1"])
 
 
 def test_sample_decodes_the_same_codes_with_a_second_decoder(trained, tmp_path):
@@ -306,15 +315,19 @@ def test_position_net_and_generation_metrics_end_to_end(trained, tmp_path, capsy
     transformer = train_prior_briefly(trained, oasis_like, tmp_path / "transformer", "--architecture", "transformer",
                                       "--channels", "8", "--attention-heads", "2")
     compare_priors.main(["--vqvae", str(trained / "vqvae" / "model"), "--prior", f"pixelcnn={trained / 'prior' / 'model'}",
-                         "--prior", f"transformer={transformer}", "--data", str(oasis_like),
+                         "--prior", f"transformer={transformer}", "--prior", f"guided={trained / 'prior' / 'model'}@2",
+                         "--data", str(oasis_like),
                          "--features", str(trained / "position" / "model"), "-n", "6", "--classifier-steps", "3",
                          "--pairs", "4", "--sizes", "64"])
     table = capsys.readouterr().out
-    assert "| pixelcnn | GatedPixelCNN |" in table and "| transformer | CodeTransformer |" in table
+    assert "| pixelcnn | GatedPixelCNN | 1 |" in table and "| transformer | CodeTransformer | 1 |" in table
+    assert "| guided | GatedPixelCNN | 2 |" in table
     assert "samples of transformer vs validate" in table and "reference: train vs validate" in table
     assert "accuracy at 64x64" in table and "256x256" not in table  # --sizes 64
     with pytest.raises(SystemExit, match="NAME=DIR"):
         compare_priors.main(["--vqvae", "x", "--prior", "nameless", "--data", "y"])
+    with pytest.raises(SystemExit, match="not a number"):
+        compare_priors.main(["--vqvae", "x", "--prior", "a=b@strong", "--data", "y"])
 
 
 def test_rd_table_trains_each_factor_and_reuses_a_given_model(trained, oasis_like, tmp_path, capsys):

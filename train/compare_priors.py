@@ -4,6 +4,9 @@
         --prior pixelcnn=assets/models/prior --prior attention=runs/prior-attention/model ... \\
         [-n 500] [--json] [--out runs/compare]
 
+A prior may be named with a guidance, NAME=DIR@G (classifier-free guidance G towards the slice
+position, ``vqvae.sampling``): the same weights at several guidances are rows of one table.
+
 For each prior: parameters, training minutes (its stages, followed back through --init),
 validate NLL in bits per code, and on n samples at T = 1.0 (slice positions of random validate
 slices, decoded by the faithful VQ-VAE): Fréchet distance of the position network's features,
@@ -34,22 +37,29 @@ from train.cli import run_or_fail
 DEFAULT_FEATURES = Path(__file__).resolve().parents[1] / "assets" / "models" / "position_net"
 
 
-def named_priors(specs: list[str]) -> dict[str, str]:
+def named_priors(specs: list[str]) -> dict[str, tuple[str, float]]:
+    """["NAME=DIR" or "NAME=DIR@G", ...] -> {name: (dir, guidance)}"""
     priors = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise ValueError(f"--prior takes NAME=DIR, not {spec!r}")
+        path, at, guidance = path.partition("@")
+        if not sep or not name or not path or (at and not guidance):
+            raise ValueError(f"--prior takes NAME=DIR or NAME=DIR@GUIDANCE, not {spec!r}")
         if name in priors:
             raise ValueError(f"two priors named {name!r}")
-        priors[name] = path
+        try:
+            priors[name] = (path, float(guidance) if at else 1.0)
+        except ValueError:
+            raise ValueError(f"the guidance in {spec!r} is not a number") from None
+        if priors[name][1] < 0:
+            raise ValueError(f"the guidance in {spec!r} is negative")
     return priors
 
 
 def compare(args) -> dict:
     priors = named_priors(args.prior)
     vqvae, feature_net = load_model(VQVAE, args.vqvae), load_model(SliceCNN, args.features)
-    models = {name: load_prior(path) for name, path in priors.items()}
+    models = {name: load_prior(path) for name, (path, _) in priors.items()}
     for name, prior in models.items():
         if prior.num_codes != vqvae.num_codes:
             raise ValueError(f"prior {name} models {prior.num_codes} codes but the VQ-VAE has {vqvae.num_codes}")
@@ -61,10 +71,12 @@ def compare(args) -> dict:
                                                  generator=torch.Generator().manual_seed(args.seed))]
     rows, samples = {}, {}
     for name, prior in models.items():
-        stages = stages_of(run_summary(Path(priors[name])))
-        grids = sample_codes(prior, args.n, positions, args.temperature, None, args.seed, batch_size=50)
+        path, guidance = priors[name]
+        stages = stages_of(run_summary(Path(path)))
+        grids = sample_codes(prior, args.n, positions, args.temperature, None, args.seed, batch_size=50,
+                             guidance=guidance)
         samples[name] = decode_codes(vqvae, grids)
-        rows[name] = {"class": type(prior).__name__, "parameters": sum(p.numel() for p in prior.parameters()),
+        rows[name] = {"class": type(prior).__name__, "guidance": guidance, "parameters": sum(p.numel() for p in prior.parameters()),
                       "stages": stages, "training_minutes": training_minutes(stages),
                       "nll_bits": nll_bits(prior, codes, validate.positions),
                       "position_within_one": position_accuracy(feature_net, samples[name], positions)["within_one"],
@@ -86,16 +98,16 @@ def compare(args) -> dict:
 
 def ablation_table(report: dict) -> str:
     first = next(iter(report["priors"].values()))
-    lines = ["| prior | class | parameters | training minutes | validate NLL bits/code | Fréchet | "
+    lines = ["| prior | class | guidance | parameters | training minutes | validate NLL bits/code | Fréchet | "
              "two-sample 256 / 64 | pair MS-SSIM | above train p99 | position within 1 |",
-             "| --- |" + " --- |" * 9]
+             "| --- |" + " --- |" * 10]
     for name, r in report["priors"].items():
         minutes = "?" if r["training_minutes"] is None else f"{r['training_minutes']:.0f}"
         two = " / ".join(f"{v:.3f}" for v in r["two_sample"].values())
-        lines.append(f"| {name} | {r['class']} | {r['parameters'] / 1e6:.2f} M | {minutes} | {r['nll_bits']:.3f} | "
+        lines.append(f"| {name} | {r['class']} | {r.get('guidance', 1.0):g} | {r['parameters'] / 1e6:.2f} M | {minutes} | {r['nll_bits']:.3f} | "
                      f"{r['frechet']:.1f} | {two} | {r['ms_ssim_pairs']:.3f} | "
                      f"{r['samples_above_p99']}/{r['images']} | {r['position_within_one']:.3f} |")
-    lines.append(f"| real (train vs validate) | | | | unigram {report['unigram_bits']:.2f} | "
+    lines.append(f"| real (train vs validate) | | | | | unigram {report['unigram_bits']:.2f} | "
                  f"{first['frechet_reference']:.1f} | see below | {first['ms_ssim_pairs_reference']:.3f} | "
                  f"~1 % | |")
     return "\n".join(lines + ["", format_two_sample_table(report["two_sample"])])
@@ -104,7 +116,8 @@ def ablation_table(report: dict) -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vqvae", required=True)
-    parser.add_argument("--prior", action="append", required=True, help="NAME=DIR, once per prior")
+    parser.add_argument("--prior", action="append", required=True,
+                        help="NAME=DIR or NAME=DIR@GUIDANCE, once per prior")
     parser.add_argument("--data", required=True)
     parser.add_argument("-n", type=int, default=500, help="samples per prior")
     parser.add_argument("--features", default=str(DEFAULT_FEATURES), help="trained SliceCNN directory")

@@ -49,7 +49,8 @@ def evaluate(args) -> dict:
     generator = torch.Generator().manual_seed(args.seed)
     positions = validate.positions[torch.randint(len(validate), (args.n,), generator=generator)]
     start = time.perf_counter()
-    sample_grids = sample_codes(prior, args.n, positions, args.temperature, args.top_k, args.seed, batch_size=50)
+    sample_grids = sample_codes(prior, args.n, positions, args.temperature, args.top_k, args.seed, batch_size=50,
+                                guidance=args.guidance)
     samples = decode_codes(vqvae, sample_grids)
     say(f"sampled {args.n} slices in {time.perf_counter() - start:.0f} s")
     also = {}
@@ -66,7 +67,7 @@ def evaluate(args) -> dict:
     report["feature_net_accuracy"], report["feature_net_within_one"] = feature["accuracy"], feature["within_one"]
     report["sample_position_within_one"] = position_accuracy(feature_net, samples, positions)["within_one"]
     report.update(vqvae=args.vqvae, prior=args.prior, temperature=args.temperature, top_k=args.top_k,
-                  seed=args.seed)
+                  guidance=args.guidance, seed=args.seed)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -87,6 +88,8 @@ def main(argv=None):
     parser.add_argument("--features", default=str(DEFAULT_FEATURES), help="trained SliceCNN directory")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-k", type=int)
+    parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance towards the slice position (1: none; the prior was trained "
+                             "with the position dropped at random, so it also predicts without it)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--classifier-steps", type=int, default=300, help="training steps of the two-sample test")
     parser.add_argument("--repeats", type=int, default=3, help="subject splits of the two-sample test")
@@ -99,7 +102,7 @@ def main(argv=None):
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"\n{args.n} samples (temperature {args.temperature}, top-k {args.top_k}) vs validate")
+        print(f"\n{args.n} samples (temperature {args.temperature}, top-k {args.top_k}, guidance {args.guidance}) vs validate")
         print(generation_table(report))
 
 

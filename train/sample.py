@@ -1,7 +1,7 @@
 """Sample new brain slices: draw code grids from the prior, decode them with the VQ-VAE.
 
     python -m train.sample --vqvae runs/vqvae/model --prior runs/prior/model -n 16 --out samples \\
-        [--slice K [K ...]] [--temperature T] [--top-k N] [--seed S] [--sampler cached|reference] \\
+        [--slice K [K ...]] [--temperature T] [--top-k N] [--guidance G] [--seed S] [--sampler cached|reference] \\
         [--also-decoder assets/models/vqvae-realistic]
 
 Writes sample_000.png ... and grid.png to OUT: a near-square mosaic, or with several --slice
@@ -34,11 +34,13 @@ def sample(args):
         raise ValueError(f"--slice must be in 0..{prior.num_positions - 1}")
     if args.n < 1 or args.temperature < 0:
         raise ValueError("-n must be >= 1 and --temperature >= 0")
+    if args.guidance < 0:
+        raise ValueError("--guidance must be >= 0")
     start = time.perf_counter()
     slices = args.slice or [None]
     positions = None if args.slice is None else torch.tensor(slices).repeat_interleave(args.n)
     codes = sample_codes(prior, args.n * len(slices), positions, args.temperature, args.top_k, args.seed,
-                         args.sampler)
+                         args.sampler, guidance=args.guidance)
     pixels = to_uint8(vqvae.decode(codes)[:, 0])  # (N, H, W)
     seconds = time.perf_counter() - start
     out = Path(args.out)
@@ -64,6 +66,8 @@ def main(argv=None):
     parser.add_argument("--slice", type=int, nargs="+", help="slice position(s) k (default: unconditional)")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-k", type=int)
+    parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance towards the slice position (1: none; the prior was trained "
+                             "with the position dropped at random, so it also predicts without it)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sampler", choices=sorted(SAMPLERS), default="cached")
     parser.add_argument("--also-decoder", help="another decoder on the same codes: writes decoders.png, "

@@ -173,13 +173,17 @@ def decoder(models: Models, name: str | None) -> VQVAE:
 
 
 def sample_stream(models: Models, n, temperature=1.0, top_k=0, seed=0, position=None,
-                  initial: np.ndarray | None = None, keep_rows=0, every: int = 8, decoder_name: str | None = None):
+                  initial: np.ndarray | None = None, keep_rows=0, every: int = 8, decoder_name: str | None = None,
+                  guidance=1.0):
     """Yield (images, rows done, rows total) while the cached sampler fills the grids, every
-    ``every`` rows and at the end. ``initial`` + ``keep_rows`` gives completion of a real slice.
-    Every setting is checked first (form fields arrive as None, floats or strings)."""
+    ``every`` rows and at the end. ``initial`` + ``keep_rows`` gives completion of a real slice;
+    ``guidance`` > 1 draws slices more typical of ``position`` (``vqvae.sampling``; no effect
+    without a position). Every setting is checked first (form fields arrive as None, floats or
+    strings)."""
     prior, vqvae = models.prior, decoder(models, decoder_name)
     n = whole_number(n, "number of samples", 1, MAX_SAMPLES)
     temperature = real_number(temperature, "temperature", 0.0, 10.0)
+    guidance = real_number(guidance, "guidance", 0.0, 10.0)
     top_k = whole_number(top_k, "top-k", 0, prior.num_codes)
     seed = whole_number(seed, "seed", 0, MAX_SEED)
     if position is not None:
@@ -192,7 +196,8 @@ def sample_stream(models: Models, n, temperature=1.0, top_k=0, seed=0, position=
     rows_iter = iter_rows_cached(prior, n, positions=None if position is None else torch.full((n,), position),
                                  temperature=temperature, top_k=top_k or None,
                                  generator=torch.Generator().manual_seed(seed),
-                                 initial=start, keep_rows=keep_rows if initial is not None else 0)
+                                 initial=start, keep_rows=keep_rows if initial is not None else 0,
+                                 guidance=guidance)
     for rows, codes in rows_iter:
         if rows % every == 0 or rows == prior.grid_size:
             yield partial_decode(vqvae, codes, rows), rows, prior.grid_size

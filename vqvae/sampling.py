@@ -13,6 +13,11 @@ top-k they pick identical codes whenever their logits agree.
   per-position work runs in NumPy (``_HorizontalStep``), whose calls cost a fraction of torch's
   at these tiny sizes; the random stream is still torch's, drawn one row at a time (the same
   numbers as one draw per position).
+
+``guidance`` g (classifier-free guidance, Ho & Salimans 2022): the prior was trained with the
+slice position dropped at random, so it predicts each code both given the position and without
+it; sampling from l_uncond + g (l_cond - l_uncond) draws slices that look more like their
+position (g = 1 is the plain conditional prior). It costs a second, unconditional batch.
 """
 from __future__ import annotations
 
@@ -53,6 +58,29 @@ def _gumbel_argmax(logits: np.ndarray, uniform: np.ndarray, temperature: float,
     return (logits / temperature + gumbel).argmax(1)
 
 
+def guided(logits, n: int, guidance: float):
+    """(2n, ...) logits, conditional rows first and unconditional after -> (n, ...) guided
+    logits; (n, ...) logits are returned as they are (no guidance)."""
+    if logits.shape[0] == n:
+        return logits
+    conditional, unconditional = logits[:n], logits[n:]
+    return unconditional + guidance * (conditional - unconditional)
+
+
+def _guiding(positions, guidance: float) -> bool:
+    """Guidance needs a position to guide towards; g = 1 is the plain sampler."""
+    if guidance < 0:
+        raise ValueError(f"guidance must be >= 0, got {guidance}")
+    return positions is not None and guidance != 1.0
+
+
+def _with_unconditional(positions, previous, n: int):
+    """Positions and slices below for the doubled batch: the n conditional rows, then the same
+    n rows with the position dropped (-1: the prior's "no position" index)."""
+    positions = torch.cat([positions, torch.full_like(positions, -1)])
+    return positions, None if previous is None else torch.cat([previous, previous])
+
+
 def _start(prior: GatedPixelCNN, n: int, positions, initial, keep_rows: int):
     size = prior.grid_size
     device = prior.embedding.weight.device
@@ -70,15 +98,19 @@ def _start(prior: GatedPixelCNN, n: int, positions, initial, keep_rows: int):
 def sample_reference(prior: GatedPixelCNN, n: int, positions=None, temperature: float = 1.0,
                      top_k: int | None = None, generator: torch.Generator | None = None,
                      initial: torch.Tensor | None = None, keep_rows: int = 0,
-                     progress: Progress | None = None, previous: torch.Tensor | None = None) -> torch.Tensor:
+                     progress: Progress | None = None, previous: torch.Tensor | None = None,
+                     guidance: float = 1.0) -> torch.Tensor:
     """n code grids (n, H, W); rows < keep_rows are copied from ``initial``; ``previous``: the
     slices below (n, H, W), for a prior conditioned on them."""
     prior.eval()
     codes, positions = _start(prior, n, positions, initial, keep_rows)
+    if _guiding(positions, guidance):
+        positions, previous = _with_unconditional(positions, previous, n)
     size = prior.grid_size
     for i in range(keep_rows, size):
         for j in range(size):
-            logits = prior(codes, positions, previous)[:, :, i, j]
+            both = codes if positions is None or len(positions) == n else torch.cat([codes, codes])
+            logits = guided(prior(both, positions, previous)[:, :, i, j], n, guidance)
             codes[:, i, j] = pick_codes(logits, generator, temperature, top_k)
         if progress:
             progress(i + 1, codes)
@@ -88,10 +120,11 @@ def sample_reference(prior: GatedPixelCNN, n: int, positions=None, temperature: 
 def sample_cached(prior: GatedPixelCNN, n: int, positions=None, temperature: float = 1.0,
                   top_k: int | None = None, generator: torch.Generator | None = None,
                   initial: torch.Tensor | None = None, keep_rows: int = 0,
-                  progress: Progress | None = None, previous: torch.Tensor | None = None) -> torch.Tensor:
+                  progress: Progress | None = None, previous: torch.Tensor | None = None,
+                  guidance: float = 1.0) -> torch.Tensor:
     """Same contract and same codes as ``sample_reference``, about two orders of magnitude faster."""
     for rows, codes in iter_rows_cached(prior, n, positions, temperature, top_k, generator, initial, keep_rows,
-                                        previous):
+                                        previous, guidance):
         if progress:
             progress(rows, codes)
     return codes
@@ -100,13 +133,14 @@ def sample_cached(prior: GatedPixelCNN, n: int, positions=None, temperature: flo
 def iter_rows_cached(prior: GatedPixelCNN, n: int, positions=None, temperature: float = 1.0,
                      top_k: int | None = None, generator: torch.Generator | None = None,
                      initial: torch.Tensor | None = None, keep_rows: int = 0,
-                     previous: torch.Tensor | None = None):
+                     previous: torch.Tensor | None = None, guidance: float = 1.0):
     """The cached sampler as a generator: yields (rows completed, codes so far) after each row
     (for rows < keep_rows, once at the end of the kept part), so a caller can stream progress
     without a thread."""
     # Grad mode is per thread and a generator may be resumed on another thread (Gradio does
     # that), so no_grad is entered around each step, never held across a yield.
-    steps = _iter_rows_cached(prior, n, positions, temperature, top_k, generator, initial, keep_rows, previous)
+    steps = _iter_rows_cached(prior, n, positions, temperature, top_k, generator, initial, keep_rows, previous,
+                              guidance)
     while True:
         with torch.no_grad():
             item = next(steps, None)
@@ -174,8 +208,11 @@ class _HorizontalStep:
         return x + mixed.reshape(n, -1) @ a["w_out"] + a["b_out"]
 
     def row(self, h_inputs: list[np.ndarray], v_from_above: list[np.ndarray], pad: int,
-            uniforms: np.ndarray, temperature: float, top_k: int | None, row_index: int = 0) -> np.ndarray:
-        """Sample row ``row_index`` left to right; -> codes (B, W). h_inputs[l]: (B, pad + W, C), zeroed."""
+            uniforms: np.ndarray, temperature: float, top_k: int | None, row_index: int = 0,
+            guidance: float = 1.0) -> np.ndarray:
+        """Sample row ``row_index`` left to right; -> codes (B, W). h_inputs[l]: (B, pad + W, C), zeroed.
+        With guidance the batch is doubled (conditional, then unconditional rows; ``uniforms``
+        covers the first half) and both halves are given the same picks."""
         n, size = v_from_above[0].shape[:2]
         channels = self.embedding.shape[1]
         layers = len(self.w_h)
@@ -195,7 +232,8 @@ class _HorizontalStep:
                     h_inputs[l + 1][:, pad + j] = self.attend(l, out, row_index * size + j) if l in self.attention else out
             hidden = np.maximum(skips, 0) @ self.head[0] + self.head[1]
             logits = np.maximum(hidden, 0) @ self.head[2] + self.head[3]
-            codes[:, j] = _gumbel_argmax(logits, uniforms[j], temperature, top_k)
+            picked = _gumbel_argmax(guided(logits, uniforms.shape[1], guidance), uniforms[j], temperature, top_k)
+            codes[:, j] = picked if len(picked) == n else np.tile(picked, 2)
             h_inputs[0][:, pad + j] = self.embedding[codes[:, j]]
         return codes
 
@@ -241,14 +279,21 @@ def _iter_rows_transformer(prior: CodeTransformer, n, positions, temperature, to
             yield i + 1, codes
 
 
-def _iter_rows_cached(prior, n, positions, temperature, top_k, generator, initial, keep_rows, previous=None):
+def _iter_rows_cached(prior, n, positions, temperature, top_k, generator, initial, keep_rows, previous=None,
+                      guidance: float = 1.0):
     if isinstance(prior, CodeTransformer):
         if previous is not None:
             raise ValueError("the transformer prior is not conditioned on the slice below")
+        if positions is not None and guidance != 1.0:
+            raise ValueError("guidance needs a prior trained with the position dropped; the transformer is not")
         yield from _iter_rows_transformer(prior, n, positions, temperature, top_k, generator, initial, keep_rows)
         return
     prior.eval()
+    wanted = n
     codes, positions = _start(prior, n, positions, initial, keep_rows)
+    if _guiding(positions, guidance):  # the cached state runs on 2n rows; the first n are returned
+        positions, previous = _with_unconditional(positions, previous, n)
+        codes, n = torch.cat([codes, codes]), 2 * n
     size, layers = prior.grid_size, prior.layers
     channels = prior.embedding.embedding_dim
     condition = prior.conditions(positions, n)
@@ -302,16 +347,16 @@ def _iter_rows_cached(prior, n, positions, temperature, top_k, generator, initia
         if i < keep_rows:
             embed_row(i)
             if i + 1 == keep_rows:
-                yield keep_rows, codes
+                yield keep_rows, codes[:wanted]
             continue
         for h in h_inputs:
             h.fill(0)
         # One draw for the row is the same stream as one (B, K) draw per position.
-        uniforms = torch.rand((size, n, prior.num_codes), generator=generator, dtype=torch.float64)
-        row = step.row(h_inputs, v_from_above, pad, uniforms.numpy(), temperature, top_k, i)
+        uniforms = torch.rand((size, wanted, prior.num_codes), generator=generator, dtype=torch.float64)
+        row = step.row(h_inputs, v_from_above, pad, uniforms.numpy(), temperature, top_k, i, guidance)
         codes[:, i] = torch.from_numpy(row).to(codes.device)
         embed_row(i)
-        yield i + 1, codes
+        yield i + 1, codes[:wanted]
 
 
 SAMPLERS = {"cached": sample_cached, "reference": sample_reference}
@@ -320,7 +365,7 @@ SAMPLERS = {"cached": sample_cached, "reference": sample_reference}
 @torch.no_grad()
 def teacher_forced_picks(prior: GatedPixelCNN, codes: torch.Tensor, positions=None, temperature: float = 1.0,
                          top_k: int | None = None, seed: int = 0, keep_rows: int = 0,
-                         previous: torch.Tensor | None = None):
+                         previous: torch.Tensor | None = None, guidance: float = 1.0):
     """What ``sample_reference`` with ``torch.Generator().manual_seed(seed)`` picks at every
     position when the codes before it are ``codes``: one forward pass gives every position's
     logits (they depend only on earlier codes), and the random stream is drawn as the samplers
@@ -333,7 +378,12 @@ def teacher_forced_picks(prior: GatedPixelCNN, codes: torch.Tensor, positions=No
     prior.eval()
     n, size = codes.shape[0], prior.grid_size
     _, positions = _start(prior, n, positions, None, 0)
-    logits = prior(codes, positions, previous).double().cpu().numpy()  # (n, K, H, W)
+    if _guiding(positions, guidance):
+        positions, previous = _with_unconditional(positions, previous, n)
+        codes_in = torch.cat([codes, codes])
+    else:
+        codes_in = codes
+    logits = guided(prior(codes_in, positions, previous), n, guidance).double().cpu().numpy()  # (n, K, H, W)
     generator = torch.Generator().manual_seed(seed)
     picks, margin = codes.clone().cpu(), torch.full(codes.shape, float("inf"), dtype=torch.float64)
     for i in range(keep_rows, size):
@@ -354,7 +404,7 @@ def teacher_forced_picks(prior: GatedPixelCNN, codes: torch.Tensor, positions=No
 def sample_codes(prior: GatedPixelCNN, n: int, position: int | torch.Tensor | None = None,
                  temperature: float = 1.0, top_k: int | None = None, seed: int = 0,
                  sampler: str = "cached", batch_size: int | None = None,
-                 previous: torch.Tensor | None = None) -> torch.Tensor:
+                 previous: torch.Tensor | None = None, guidance: float = 1.0) -> torch.Tensor:
     """n code grids from a seed. ``position``: one slice position for all, one per sample (n,),
     or None (unconditional). With ``batch_size`` they are drawn in batches of that size, batch
     b from seed + b (bounded memory for many samples)."""
@@ -366,7 +416,8 @@ def sample_codes(prior: GatedPixelCNN, n: int, position: int | torch.Tensor | No
         below = None if previous is None else previous[start:start + size]
         count = min(size, n - start)
         grids.append(SAMPLERS[sampler](prior, count, positions=chunk, temperature=temperature, top_k=top_k,
-                                       generator=torch.Generator().manual_seed(seed + b), previous=below))
+                                       generator=torch.Generator().manual_seed(seed + b), previous=below,
+                                       guidance=guidance))
     return torch.cat(grids)
 
 
