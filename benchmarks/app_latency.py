@@ -3,7 +3,8 @@
     python -m benchmarks.app_latency [--model DIR_OR_REPO] [--repeats 10] [--clients 8]
 
 Starts `python app.py` itself (bundled weights unless --model), times start-up to serving, then
-prints p50/p95 for: reconstruction of an uploaded 256x256 slice, 4 samples; then runs --clients
+prints p50/p95 for: reconstruction of an uploaded 256x256 slice, 4 samples at any position, 4 and
+16 at slice position 16 with the app's guidance (which doubles the sampler's batch); then runs --clients
 concurrent sampling clients and reports errors and the server's peak RSS. Loopback only; bounded.
 """
 from __future__ import annotations
@@ -91,6 +92,14 @@ def main():
             client.predict(4, 1.0, 0, seed, "any", api_name="/sample")
             times.append(time.perf_counter() - t)
         rows.append(("sample 4 slices", times))
+        from app import SAMPLE_GUIDANCE
+        for n in (4, 16):
+            times = []
+            for seed in range(args.repeats):
+                t = time.perf_counter()
+                client.predict(n, 1.0, 0, seed, "16", "realistic", SAMPLE_GUIDANCE, api_name="/sample")
+                times.append(time.perf_counter() - t)
+            rows.append((f"sample {n}, k=16, guidance {SAMPLE_GUIDANCE:g}", times))
 
         errors, done = [], []
 
@@ -108,10 +117,10 @@ def main():
             thread.join(timeout=600)
         burst = time.perf_counter() - t
 
-        print(f"{'measure':<30}{'p50 s':>8}{'p95 s':>8}{'n':>4}")
+        print(f"{'measure':<32}{'p50 s':>8}{'p95 s':>8}{'n':>4}")
         for name, values in rows:
             p50, p95 = percentiles(values)
-            print(f"{name:<30}{p50:>8.2f}{p95:>8.2f}{len(values):>4}")
+            print(f"{name:<32}{p50:>8.2f}{p95:>8.2f}{len(values):>4}")
         print(f"{args.clients} concurrent clients sampling 4 each: {len(done)} ok, {len(errors)} errors, "
               f"{burst:.1f} s for all; server peak RSS {peak_rss_mb(pid):.0f} MB")
         for error in errors[:3]:
