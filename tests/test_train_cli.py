@@ -518,6 +518,10 @@ def test_evaluate_surprise_reports_auc_and_writes_the_reference(trained, tmp_pat
     assert report["auc"] == report["auc_position_predicted"] and 0 <= report["auc_nll"] <= 1
     reference = json.loads((out / "surprise_reference.json").read_text())
     assert reference["total_bits_mean"] == pytest.approx(report["reference_total_bits_mean"])
+    evaluate_surprise.main(["--vqvae", str(trained / "vqvae" / "model"), "--prior", str(out), "--data", str(data),
+                            "--features", str(tmp_path / "features"), "-n", "4", "--out", str(tmp_path / "new" / "dir"),
+                            "--json"])  # a folder that does not exist yet is made
+    assert json.loads((tmp_path / "new" / "dir" / "surprise_reference.json").read_text()) == reference
     from vqvae.hub import load_models
     weights = tmp_path / "weights"
     shutil.copytree(trained / "vqvae" / "model", weights / "vqvae")

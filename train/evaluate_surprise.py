@@ -89,6 +89,8 @@ def main(argv=None):
     parser.add_argument("--out", help="write surprise_reference.json (the app's reference) into this folder")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if args.out:  # made before the evaluation, so a missing folder cannot lose its result at the end
+        Path(args.out).mkdir(parents=True, exist_ok=True)
     report = run_or_fail(evaluate, args)
     if args.out:
         reference = {k.removeprefix("reference_"): v for k, v in report.items() if k.startswith("reference_")}
