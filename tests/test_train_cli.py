@@ -290,7 +290,7 @@ def test_position_net_and_generation_metrics_end_to_end(trained, tmp_path, capsy
     evaluate_generation.main(["--vqvae", str(trained / "vqvae" / "model"), "--prior", str(trained / "prior" / "model"),
                               "--realistic", str(tmp_path / "realistic"),
                               "--data", str(oasis_like), "--features", str(trained / "position" / "model"),
-                              "-n", "6", "--classifier-steps", "3", "--pairs", "4", "--json",
+                              "-n", "6", "--classifier-steps", "3", "--pairs", "4", "--json", "--guidance", "1.5",
                               "--out", str(trained / "generation")])
     report = json.loads(capsys.readouterr().out)
     assert report["images"] == 6 and report["uniform_bits"] == 4.0
@@ -307,7 +307,8 @@ def test_position_net_and_generation_metrics_end_to_end(trained, tmp_path, capsy
                       "--generation", str(trained / "generation" / "report.json"),
                       "--features", str(trained / "position" / "model"), "--out", str(trained / "card")])
     card = (trained / "card" / "README.md").read_text()
-    assert "## Generation metrics (6 samples" in card and "Classifier two-sample test" in card
+    assert "## Generation metrics (6 samples vs validate, temperature 1.0, guidance 1.5 towards" in card
+    assert "Classifier two-sample test" in card
     assert "| reconstructions vs validate |" in card
     assert (trained / "card" / "position_net" / "model.safetensors").is_file()
     # the ablation of priors: each prior's samples below one set of calibration rows

@@ -62,7 +62,9 @@ def model_card(vqvae: dict, prior: dict, machine: str, generation: dict | None =
             lines.append(f"| {key} | {value:.4f} |")
     if generation:
         lines += ["", f"## Generation metrics ({generation['images']} samples vs validate, "
-                  f"temperature {generation['temperature']})", "", generation_table(generation), "",
+                  f"temperature {generation['temperature']}"
+                  + (f", guidance {generation['guidance']:g} towards the slice position"
+                     if generation.get("guidance", 1.0) != 1.0 else "") + ")", "", generation_table(generation), "",
                   "Made by `python -m train.evaluate_generation` or `python -m train.compare_priors` (the same "
                   "measures, `vqvae.generation.sample_metrics`); the Fréchet distance uses `position_net/`, "
                   "a small CNN trained on OASIS train to predict the slice position."]
