@@ -98,6 +98,21 @@ def test_cached_sampler_on_the_shipped_prior_picks_what_the_reference_would():
         assert torch.equal(picks, codes), f"seed {seed}: {(picks != codes).sum()} codes differ"
 
 
+def test_guided_cached_sampler_on_the_shipped_prior_picks_what_the_reference_would():
+    """The same check at the app's guidance (1.5), where the doubled batch's two halves are
+    mixed before each pick: 16 samples over 2 seeds."""
+    from app import SAMPLE_GUIDANCE
+    from tests.conftest import BUNDLED
+    from vqvae.hub import load_prior
+    prior = load_prior(BUNDLED / "prior")
+    for seed in range(2):
+        positions = torch.arange(8) * 4
+        codes = sample_cached(prior, 8, positions=positions, generator=torch.Generator().manual_seed(seed),
+                              guidance=SAMPLE_GUIDANCE)
+        picks, _ = teacher_forced_picks(prior, codes, positions=positions, seed=seed, guidance=SAMPLE_GUIDANCE)
+        assert torch.equal(picks, codes), f"seed {seed}: {(picks != codes).sum()} codes differ"
+
+
 @pytest.mark.parametrize("coordinates", [0, 3])
 def test_cached_sampler_equals_reference_given_the_slice_below(coordinates):
     prior = tiny_prior(coordinates=coordinates, previous_slice=4)

@@ -355,6 +355,23 @@ def test_model_card_follows_init_back_to_the_first_run(tmp_path):
                       "20 minutes of the decoder only, batch 16, lr 0.001, seed 0"]
 
 
+def test_a_run_keeps_the_lineage_its_init_had_when_it_started(trained, oasis_like, tmp_path):
+    """A prior continued from the shipped folder, which is later replaced by that very prior
+    (shipping it): the run's lineage is what the folder held when the run started, not what it
+    holds now, and a resume keeps it."""
+    shipped = tmp_path / "shipped"
+    shutil.copytree(trained / "prior" / "model", shipped)
+    (shipped / "training.json").write_text(json.dumps({"stages": ["7 minutes, batch 2, lr 0.01, seed 0"]}))
+    run = train_prior_briefly(trained, oasis_like, tmp_path / "continued", "--init", str(shipped))
+    expected = ["7 minutes, batch 2, lr 0.01, seed 0"]
+    assert json.loads((run.parent / "run_config.json").read_text())["init_stages"] == expected
+    (shipped / "training.json").write_text(json.dumps({"stages": ["7 minutes, batch 2, lr 0.01, seed 0",
+                                                                  "another stage"]}))  # replaced later
+    assert hub.stages_of(hub.run_summary(run))[:-1] == expected
+    train_prior_briefly(trained, oasis_like, tmp_path / "continued", "--init", str(shipped))  # --resume
+    assert json.loads((run.parent / "run_config.json").read_text())["init_stages"] == expected
+
+
 def test_reconstruct_refuses_to_overwrite_inputs_or_its_own_outputs(trained, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()

@@ -243,18 +243,25 @@ def run_summary(model_dir: Path) -> dict:
 
 
 def training_stages(config: dict) -> list[str]:
-    """One line per stage, oldest first, following --init back to the run it started from."""
+    """One line per stage, oldest first, following --init back to the run it started from. A
+    run records its --init's lineage when it starts (``init_stages``): the folder it started
+    from may since have been replaced by another model (a new prior shipped in its place)."""
     budget = f"{config['minutes']} minutes" if config.get("minutes") else f"{config.get('epochs')} epochs"
     stage = (f"{budget}{' of the decoder only' if config.get('decoder_only') else ''}, "
              f"batch {config.get('batch_size')}, lr {config.get('lr')}, seed {config.get('seed')}")
     started = config.get("init")
     if not started:
         return [stage]
-    earlier = run_summary(Path(started))
+    return (config.get("init_stages") or lineage(started)) + [stage]
+
+
+def lineage(model_dir) -> list[str]:
+    """The stages that made the model in ``model_dir`` as it is now, oldest first."""
+    earlier = run_summary(Path(model_dir))
     if "stages" in earlier:  # a packaged model: its lineage travels with it
-        return earlier["stages"] + [stage]
+        return earlier["stages"]
     config = earlier.get("config")
-    return (training_stages(config) if config else [f"the weights of {started}"]) + [stage]
+    return training_stages(config) if config else [f"the weights of {model_dir}"]
 
 
 def stages_of(summary: dict) -> list[str]:

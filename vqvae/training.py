@@ -40,7 +40,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from .hub import save_model
+from .hub import lineage, save_model
 
 # What a run directory holds, named once.
 CHECKPOINT, METRICS, RUN_CONFIG, MODEL = "checkpoint.pt", "metrics.jsonl", "run_config.json", "model"
@@ -194,7 +194,12 @@ class TrainingRun:
         elif config.resume:
             print(f"no checkpoint in {self.out}; starting fresh")
         if self.is_main:
-            (self.out / RUN_CONFIG).write_text(json.dumps(asdict(config), indent=2))
+            saved = asdict(config)
+            if saved.get("init"):  # the lineage of --init as it is now (that folder may be replaced later)
+                before = self.out / RUN_CONFIG
+                kept = json.loads(before.read_text()).get("init_stages") if config.resume and before.is_file() else None
+                saved["init_stages"] = kept or lineage(saved["init"])
+            (self.out / RUN_CONFIG).write_text(json.dumps(saved, indent=2))
         self._tick = time.perf_counter()
         self.bar = tqdm(total=self.total_steps, initial=self.step, disable=not (config.progress and self.is_main),
                         unit="step", dynamic_ncols=True)
