@@ -59,6 +59,13 @@ def config_from(config_class, args: argparse.Namespace, **overrides):
         fail(str(error))
 
 
+def add_guidance_argument(parser: argparse.ArgumentParser):
+    """--guidance, as every sampling entry point takes it (checked by ``vqvae.sampling``)."""
+    parser.add_argument("--guidance", type=float, default=1.0,
+                        help="classifier-free guidance towards the slice position (1: none; the prior was trained "
+                             "with the position dropped at random, so it also predicts without it)")
+
+
 def run_or_fail(function, *args, **kwargs):
     """Run a library call; a problem the user can fix ends the program with a one-line reason."""
     try:

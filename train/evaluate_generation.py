@@ -27,7 +27,7 @@ from vqvae.images import mosaic
 from vqvae.model import VQVAE
 from vqvae.prior import nll_bits, unigram_bits
 from vqvae.sampling import sample_codes
-from train.cli import run_or_fail
+from train.cli import add_guidance_argument, run_or_fail
 
 DEFAULT_FEATURES = Path(__file__).resolve().parents[1] / "assets" / "models" / "position_net"
 
@@ -88,8 +88,7 @@ def main(argv=None):
     parser.add_argument("--features", default=str(DEFAULT_FEATURES), help="trained SliceCNN directory")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-k", type=int)
-    parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance towards the slice position (1: none; the prior was trained "
-                             "with the position dropped at random, so it also predicts without it)")
+    add_guidance_argument(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--classifier-steps", type=int, default=300, help="training steps of the two-sample test")
     parser.add_argument("--repeats", type=int, default=3, help="subject splits of the two-sample test")

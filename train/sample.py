@@ -23,7 +23,7 @@ from vqvae.hub import check_same_codes, load_model, load_prior
 from vqvae.images import mosaic, to_uint8
 from vqvae.model import VQVAE
 from vqvae.sampling import SAMPLERS, sample_codes
-from train.cli import run_or_fail
+from train.cli import add_guidance_argument, run_or_fail
 
 
 def sample(args):
@@ -34,8 +34,6 @@ def sample(args):
         raise ValueError(f"--slice must be in 0..{prior.num_positions - 1}")
     if args.n < 1 or args.temperature < 0:
         raise ValueError("-n must be >= 1 and --temperature >= 0")
-    if args.guidance < 0:
-        raise ValueError("--guidance must be >= 0")
     start = time.perf_counter()
     slices = args.slice or [None]
     positions = None if args.slice is None else torch.tensor(slices).repeat_interleave(args.n)
@@ -66,8 +64,7 @@ def main(argv=None):
     parser.add_argument("--slice", type=int, nargs="+", help="slice position(s) k (default: unconditional)")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-k", type=int)
-    parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance towards the slice position (1: none; the prior was trained "
-                             "with the position dropped at random, so it also predicts without it)")
+    add_guidance_argument(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sampler", choices=sorted(SAMPLERS), default="cached")
     parser.add_argument("--also-decoder", help="another decoder on the same codes: writes decoders.png, "

@@ -104,12 +104,13 @@ def sample_reference(prior: GatedPixelCNN, n: int, positions=None, temperature: 
     slices below (n, H, W), for a prior conditioned on them."""
     prior.eval()
     codes, positions = _start(prior, n, positions, initial, keep_rows)
-    if _guiding(positions, guidance):
+    guiding = _guiding(positions, guidance)
+    if guiding:
         positions, previous = _with_unconditional(positions, previous, n)
     size = prior.grid_size
     for i in range(keep_rows, size):
         for j in range(size):
-            both = codes if positions is None or len(positions) == n else torch.cat([codes, codes])
+            both = torch.cat([codes, codes]) if guiding else codes
             logits = guided(prior(both, positions, previous)[:, :, i, j], n, guidance)
             codes[:, i, j] = pick_codes(logits, generator, temperature, top_k)
         if progress:
