@@ -59,12 +59,20 @@ def _ema_worker(rank, world, port, results):
                             timeout=TIMEOUT)
     share = BATCH // world
     results.put((rank, _ema_state(_quantiser(), _batches()[:, rank * share:(rank + 1) * share])))
-    _leave()
+    _leave(results)
 
 
-def _leave():
-    dist.barrier()  # both ranks leave together: gloo aborts a process whose peer hung up mid-teardown
+def _leave(results):
+    """Both ranks leave together (gloo aborts a process whose peer hung up mid-teardown), then
+    exit at once. A normal interpreter exit runs C++ static destructors, and a gloo thread still
+    joinable there ends the process with std::terminate (SIGABRT, "terminate called without an
+    active exception": seen once in CI after both ranks had finished). Everything this test
+    checks is in the queue by then, so the queue is flushed and the process skips that teardown."""
+    dist.barrier()
     dist.destroy_process_group()
+    results.close()
+    results.join_thread()  # the feeder thread has written every result into the pipe
+    os._exit(0)
 
 
 def _two_ranks(worker):
@@ -116,7 +124,8 @@ def _worker(rank, world, port, results):
         results.put({"codebooks_equal": all(torch.equal(codebooks[0], c) for c in codebooks),
                      "weights_equal": all(torch.equal(weights[0], w) for w in weights),
                      "first": sum(losses[:3]) / 3, "last": sum(losses[-3:]) / 3})
-    _leave()
+    del ddp, optimizer, model  # the process group's last users go before it does
+    _leave(results)
 
 
 def test_two_gloo_processes_share_one_codebook_and_learn():
