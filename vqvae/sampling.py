@@ -21,6 +21,7 @@ position (g = 1 is the plain conditional prior). It costs a second, unconditiona
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
@@ -202,8 +203,10 @@ class _HorizontalStep:
         q, k, v = np.split((normed + a["position"][index]) @ a["w_qkv"] + a["b_qkv"], 3, axis=1)
         heads = a["heads"]
         self.keys[l][:, :, index], self.values[l][:, :, index] = k.reshape(n, heads, -1), v.reshape(n, heads, -1)
-        q = q.reshape(n, heads, 1, -1)
-        scores = q @ self.keys[l][:, :, :index + 1].transpose(0, 1, 3, 2) / np.sqrt(q.shape[-1])
+        # a Python float for the scale: NumPy 2 promotes float32 / np.float64 to float64, and a
+        # float64 weights @ float32 values product copied the whole value cache every step
+        q = q.reshape(n, heads, 1, -1) * (1.0 / math.sqrt(q.shape[1] // heads))
+        scores = q @ self.keys[l][:, :, :index + 1].transpose(0, 1, 3, 2)
         weights = np.exp(scores - scores.max(-1, keepdims=True))
         mixed = (weights / weights.sum(-1, keepdims=True)) @ self.values[l][:, :, :index + 1]
         return x + mixed.reshape(n, -1) @ a["w_out"] + a["b_out"]
