@@ -40,9 +40,9 @@ CACHE_SECONDS = 3600
 # in real volumes (SSIM 0.941; 0.918 at 1.0) while a volume still changes bottom to top as a real
 # one does (first vs last 0.616; at 0.7 it changes too little, 0.647)
 VOLUME_TEMPERATURE = 0.8
-# measured (README, train.compare_priors on 500 samples at T = 1.0, shipped 260-minute prior): guidance
-# 1.5 towards the slice position takes the Fréchet distance from 263 to 128 and the position read
-# back from 78 % to 87 % at validate's diversity; 1.25 and 1.75 (a probe, same samples) do less (167 / 141)
+# measured (README, train.compare_priors on 500 samples at T = 1.0, shipped 350-minute prior): guidance
+# 1.5 towards the slice position takes the Fréchet distance from 124 to 53 (real vs real 40) and the
+# position read back from 81 % to 94 % at validate's diversity; 1.75 does less (95)
 SAMPLE_GUIDANCE = 1.5
 TWO_DECODERS = ("**Faithful** decodes the codes to the image closest to the input (best SSIM); **realistic** "
                 "decodes the same codes with a decoder trained against a discriminator: it invents "
