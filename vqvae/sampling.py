@@ -176,7 +176,10 @@ class _HorizontalStep:
         self.embedding = array(prior.embedding.weight)
         # attention blocks (PixelSNAIL): layer index -> weights; keys and values are cached per
         # grid position in ``self.keys`` / ``self.values`` (B, heads, H*W, C/heads)
+        # "scale" is a Python float: NumPy 2 promotes float32 * np.float64 to float64, and a float64
+        # weights @ float32 values product copied the whole value cache every step
         self.attention = {int(l): {"heads": a.heads, "eps": a.norm.eps, "gamma": array(a.norm.weight),
+                                   "scale": 1.0 / math.sqrt(prior.embedding.embedding_dim // a.heads),
                                    "beta": array(a.norm.bias), "position": array(a.position),
                                    "w_qkv": array(a.qkv.weight.t()), "b_qkv": array(a.qkv.bias),
                                    "w_out": array(a.out.weight.t()), "b_out": array(a.out.bias)}
@@ -203,9 +206,7 @@ class _HorizontalStep:
         q, k, v = np.split((normed + a["position"][index]) @ a["w_qkv"] + a["b_qkv"], 3, axis=1)
         heads = a["heads"]
         self.keys[l][:, :, index], self.values[l][:, :, index] = k.reshape(n, heads, -1), v.reshape(n, heads, -1)
-        # a Python float for the scale: NumPy 2 promotes float32 / np.float64 to float64, and a
-        # float64 weights @ float32 values product copied the whole value cache every step
-        q = q.reshape(n, heads, 1, -1) * (1.0 / math.sqrt(q.shape[1] // heads))
+        q = q.reshape(n, heads, 1, -1) * a["scale"]
         scores = q @ self.keys[l][:, :, :index + 1].transpose(0, 1, 3, 2)
         weights = np.exp(scores - scores.max(-1, keepdims=True))
         mixed = (weights / weights.sum(-1, keepdims=True)) @ self.values[l][:, :, :index + 1]
