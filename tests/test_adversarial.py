@@ -1,9 +1,12 @@
 """The discriminator's side of the realistic decoder (vqvae/adversarial.py) and the loss that
 judges what decode shows (vqvae/trainers.py: --free-background)."""
+import numpy as np
+import pytest
 import torch
+from scipy import ndimage
 from torch.nn import functional as F
 
-from vqvae.adversarial import Adversary, PatchDiscriminator, random_crop
+from vqvae.adversarial import Adversary, PatchDiscriminator, low_pass, random_crop
 from vqvae.model import VQVAE
 from vqvae.trainers import VQVAETraining, vqvae_loss
 
@@ -37,6 +40,39 @@ def test_the_discriminator_judges_the_same_clamped_crop_of_real_and_reconstructi
     assert all(x.shape[-2:] == (16, 16) for x in seen) and len(seen) == 4  # fake, real; then real, fake
     assert torch.allclose(seen[1], real[..., rows, cols]) and torch.equal(seen[2], seen[1])
     assert torch.allclose(seen[0], fake.detach()[..., rows, cols].clamp(0, 1)) and torch.equal(seen[3], seen[0])
+
+
+@pytest.mark.parametrize("sigma", [0.7, 1.0, 1.5])
+def test_low_pass_is_scipys_gaussian_filter(sigma):
+    images = torch.rand(2, 1, 40, 33, generator=torch.Generator().manual_seed(0))
+    # torch's "reflect" padding is scipy's "mirror"; both truncate the kernel at 3 sigma
+    reference = ndimage.gaussian_filter(images.numpy(), sigma=(0, 0, sigma, sigma), mode="mirror", truncate=3.0)
+    assert np.abs(low_pass(images, sigma).numpy() - reference).max() < 1e-6
+
+
+def test_recon_lowpass_leaves_fine_detail_to_the_discriminator():
+    class Fixed(torch.nn.Module):
+        def __init__(self, output):
+            super().__init__()
+            self.output = output
+
+        def forward(self, latents):
+            return self.output
+
+    model = VQVAE(downsample=4, num_codes=8, code_dim=4, base_channels=8, hidden_channels=8, res_hidden=8)
+    x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(1)) * 0.5 + 0.25
+    checkerboard = 0.1 * (-1.0) ** (torch.arange(32)[:, None] + torch.arange(32)[None, :])  # detail at the finest scale
+    shifted = x + 0.1  # a change at the coarsest scale
+    config = dict(data="unused", out="unused", epochs=1, init="unused", decoder_only=True, adversarial=True)
+    no_grad = torch.autocast("cpu", enabled=False)
+
+    def loss(output, **settings):
+        return float(vqvae_loss(model, Fixed(output), x, VQVAETraining(**config, **settings), no_grad)[0])
+
+    assert loss(x + checkerboard) > 0.01 and loss(x + checkerboard, recon_lowpass=1.0) < 1e-4
+    assert loss(shifted, recon_lowpass=1.0) > 0.9 * loss(shifted)  # what the codes fix is still paid for
+    with pytest.raises(ValueError, match="--adversarial"):
+        VQVAETraining(**{**config, "adversarial": False}, recon_lowpass=1.0)
 
 
 def test_free_background_only_forgives_outputs_below_zero_where_the_slice_is_zero():

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .adversarial import Adversary, PatchDiscriminator
+from .adversarial import Adversary, PatchDiscriminator, low_pass
 from .codes import code_counts, codes_path, load_codes, save_codes, slice_pairs
 from .data import load_split
 from .generation import SliceCNN, position_accuracy
@@ -68,6 +68,9 @@ class VQVAETraining(RunConfig, DataConfig):
     disc_weight: float = option(0.1, "weight of the adversarial loss (times the adaptive weight)")
     adaptive_max: float = option(1.0, "clamp of VQGAN's adaptive weight (0 = a fixed weight of 1)")
     feature_matching: float = option(1.0, "weight of discriminator feature matching (pix2pixHD)")
+    recon_lowpass: float = option(0.0, "the reconstruction loss compares both images blurred by a Gaussian of this "
+                                       "sigma (pixels), leaving finer detail to the discriminator alone (frequency "
+                                       "separation, see vqvae/adversarial.py; 0 = off); needs --adversarial")
     disc_crop: int = option(128, "both players see the same random square crop this wide each step (0 = whole slice; "
                                  "see vqvae/adversarial.py)")
     free_background: bool = option(False, "where the slice is exactly 0 (background), outputs below 0 cost nothing: "
@@ -82,6 +85,8 @@ class VQVAETraining(RunConfig, DataConfig):
             self.precision = "bf16"
         if self.adversarial and not self.decoder_only:
             raise ValueError("--adversarial trains a decoder on frozen codes: give --decoder-only and --init")
+        if self.recon_lowpass and not self.adversarial:
+            raise ValueError("--recon-lowpass leaves fine detail to the discriminator: it needs --adversarial")
 
 
 def build_vqvae(config: VQVAETraining) -> VQVAE:
@@ -117,10 +122,13 @@ def vqvae_loss(model: VQVAE, forward, x: torch.Tensor, config: VQVAETraining, co
     reconstruction = reconstruction.float()
     if config.free_background:  # real background is exactly 0; decode shows max(output, 0) there
         reconstruction = torch.where(x == 0, reconstruction.clamp(min=0.0), reconstruction)
-    pixel = (F.l1_loss if config.pixel_loss == "l1" else F.mse_loss)(reconstruction, x)
+    judged, target = reconstruction, x
+    if config.recon_lowpass:  # frequency separation: finer detail is the discriminator's to judge
+        judged, target = low_pass(reconstruction, config.recon_lowpass), low_pass(x, config.recon_lowpass)
+    pixel = (F.l1_loss if config.pixel_loss == "l1" else F.mse_loss)(judged, target)
     loss = pixel + commit_loss
     if config.ssim_weight:
-        loss = loss + config.ssim_weight * (1 - ssim_torch(reconstruction, x).mean())
+        loss = loss + config.ssim_weight * (1 - ssim_torch(judged, target).mean())
     return loss, codes, reconstruction
 
 
