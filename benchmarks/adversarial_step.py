@@ -32,7 +32,7 @@ def step_seconds(config: VQVAETraining, adversarial: bool, precision: str, steps
     optimizer = torch.optim.Adam(model.decoder.parameters(), lr=config.lr)
     adversary = None
     if adversarial:
-        discriminator = PatchDiscriminator(config.disc_channels, config.disc_layers)
+        discriminator = PatchDiscriminator(config.disc_channels, config.disc_layers, norm=config.disc_norm)
         adversary = Adversary(discriminator, torch.optim.Adam(discriminator.parameters(), lr=config.disc_lr),
                               last_decoder_layer(model), config.disc_weight, config.adaptive_max,
                               config.feature_matching, config.disc_crop)

@@ -37,9 +37,29 @@ def test_the_discriminator_judges_the_same_clamped_crop_of_real_and_reconstructi
     assert decoder_weight.grad is not None and {"g_loss", "adv_weight", "fm"} <= set(logged)
     adversary.discriminator_step(real, fake.detach(), torch.autocast("cpu", enabled=False))
     rows, cols = adversary.window
-    assert all(x.shape[-2:] == (16, 16) for x in seen) and len(seen) == 4  # fake, real; then real, fake
-    assert torch.allclose(seen[1], real[..., rows, cols]) and torch.equal(seen[2], seen[1])
-    assert torch.allclose(seen[0], fake.detach()[..., rows, cols].clamp(0, 1)) and torch.equal(seen[3], seen[0])
+    assert len(seen) == 2 and all(x.shape == (4, 1, 16, 16) for x in seen)  # one batch: real, then fake
+    assert torch.allclose(seen[0][:2], real[..., rows, cols])
+    assert torch.allclose(seen[0][2:], fake.detach()[..., rows, cols].clamp(0, 1))
+    assert torch.equal(seen[1], seen[0])  # the discriminator's step judges what the decoder's did
+
+
+def test_a_batch_norm_discriminator_always_sees_both_sides_in_one_batch():
+    """Batch statistics of reconstructions alone would rescale away what tells them apart."""
+    discriminator = PatchDiscriminator(channels=8, layers=2, norm="batch")
+    batches = []
+    discriminator.blocks[1][1].register_forward_pre_hook(lambda module, args: batches.append(len(args[0])))
+    decoder_weight = torch.nn.Parameter(torch.ones(1))
+    adversary = Adversary(discriminator, torch.optim.Adam(discriminator.parameters()), decoder_weight,
+                          weight=0.1, adaptive_max=1.0, feature_matching=1.0, crop=0)
+    real = torch.rand(3, 1, 32, 32)
+    fake = decoder_weight * real * 0.5
+    no_autocast = torch.autocast("cpu", enabled=False)
+    loss, _ = adversary.generator_loss(F.l1_loss(fake, real), fake, real, no_autocast)
+    loss.backward()
+    adversary.discriminator_step(real, fake.detach(), no_autocast)
+    assert batches == [6, 6]
+    with pytest.raises(ValueError, match="norm"):
+        PatchDiscriminator(norm="layer")
 
 
 @pytest.mark.parametrize("sigma", [0.7, 1.0, 1.5])

@@ -5,8 +5,12 @@ teaches it to draw plausible texture instead, while the reconstruction loss keep
 it is. Each trick is a setting of ``train.vqvae --adversarial`` with a safe default:
 
 - ``PatchDiscriminator``: PatchGAN (Isola et al. 2017, pix2pix): strided convolutions ending in
-  a map of real/fake logits, each judging a ~70-pixel patch; batch norm-free (group norm), so
-  the statistics of real and fake batches never mix.
+  a map of real/fake logits, each judging a ~70-pixel patch. ``norm``: group norm (the default)
+  takes its statistics per image over space, so it rescales away how much fine detail an image
+  holds, which is what tells a blurred slice; batch norm keeps it (with the decoder fixed, a
+  probe on this data reached hinge loss 0.37 with batch norm against 1.03 with group norm in
+  300 steps). The ``Adversary`` always judges real slices and reconstructions in one batch, so
+  batch statistics never describe one side alone.
 - hinge losses for both players (Lim and Ye 2017; as VQGAN).
 - ``adaptive_weight``: VQGAN's balance, |grad of the reconstruction loss| / |grad of the
   adversarial loss| at the decoder's last layer, clamped (unclamped it ran to ~185 and the
@@ -39,13 +43,16 @@ class PatchDiscriminator(nn.Module):
     """Real/fake logits per patch of a (B, 1, H, W) image in [0, 1]; ``features`` also returns
     each block's activations for feature matching."""
 
-    def __init__(self, channels: int = 32, layers: int = 3, in_channels: int = 1):
+    def __init__(self, channels: int = 32, layers: int = 3, in_channels: int = 1, norm: str = "group"):
         super().__init__()
+        if norm not in ("group", "batch"):
+            raise ValueError(f"norm must be 'group' or 'batch', not {norm!r}")
         blocks, previous = [], in_channels
         for i in range(layers):
             width = channels * 2 ** i
-            norm = nn.Identity() if i == 0 else nn.GroupNorm(8, width)
-            blocks.append(nn.Sequential(nn.Conv2d(previous, width, 4, stride=2, padding=1), norm,
+            normalise = (nn.Identity() if i == 0 else
+                         nn.GroupNorm(8, width) if norm == "group" else nn.BatchNorm2d(width))
+            blocks.append(nn.Sequential(nn.Conv2d(previous, width, 4, stride=2, padding=1), normalise,
                                         nn.LeakyReLU(0.2)))
             previous = width
         self.blocks = nn.ModuleList(blocks)
@@ -123,27 +130,32 @@ class Adversary:
         """What the discriminator judges: this step's crop, clamped as decode clamps."""
         return images[..., self.window[0], self.window[1]].clamp(0.0, 1.0)
 
+    def judge(self, real: torch.Tensor, fake: torch.Tensor, context):
+        """-> ((real logits, fake logits), (real features, fake features)), from one batch that
+        holds both sides (see ``PatchDiscriminator``'s norm)."""
+        with context:
+            logits, features = self.discriminator.features(torch.cat([self.shown(real), self.shown(fake)]))
+        n = len(real)
+        return ((logits[:n].float(), logits[n:].float()),
+                ([f[:n].float().detach() for f in features], [f[n:].float() for f in features]))
+
     def generator_loss(self, reconstruction_loss: torch.Tensor, reconstruction: torch.Tensor,
                        real: torch.Tensor, context) -> tuple[torch.Tensor, dict[str, float]]:
         """reconstruction loss + weight * adaptive weight * hinge + feature matching."""
         self.discriminator.requires_grad_(False)  # its gradients come from its own step only
         self.window = random_crop(self.crop, *real.shape[-2:])
-        with context:
-            fake_logits, fake_features = self.discriminator.features(self.shown(reconstruction))
-            with torch.no_grad():
-                _, real_features = self.discriminator.features(self.shown(real))
-        adversarial = generator_hinge_loss(fake_logits.float())
+        (_, fake_logits), (real_features, fake_features) = self.judge(real, reconstruction, context)
+        adversarial = generator_hinge_loss(fake_logits)
         balance = (adaptive_weight(reconstruction_loss, adversarial, self.last_layer, self.adaptive_max)
                    if self.adaptive_max > 0 else torch.tensor(1.0))
-        matching = feature_matching_loss([r.float() for r in real_features], [f.float() for f in fake_features])
+        matching = feature_matching_loss(real_features, fake_features)
         total = reconstruction_loss + self.weight * balance * adversarial + self.feature_matching * matching
         return total, {"g_loss": adversarial.item(), "adv_weight": float(balance), "fm": matching.item()}
 
     def discriminator_step(self, real: torch.Tensor, fake: torch.Tensor, context) -> float:
         self.discriminator.requires_grad_(True)
-        with context:
-            loss = discriminator_hinge_loss(self.discriminator(self.shown(real)).float(),
-                                            self.discriminator(self.shown(fake)).float())
+        (real_logits, fake_logits), _ = self.judge(real, fake, context)
+        loss = discriminator_hinge_loss(real_logits, fake_logits)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -63,6 +63,8 @@ class VQVAETraining(RunConfig, DataConfig):
                                       "needs --decoder-only")
     disc_channels: int = option(32, "discriminator width (doubling over its layers)")
     disc_layers: int = option(3, "stride-2 layers of the discriminator (3: ~70-pixel patches)")
+    disc_norm: str = option("group", "normalisation of the discriminator's layers (see vqvae/adversarial.py)",
+                            choices=("group", "batch"))
     disc_lr: float = option(2e-4, "discriminator learning rate (Adam, betas 0.5, 0.9)")
     disc_start: int = option(200, "steps of reconstruction loss alone before the discriminator joins")
     disc_weight: float = option(0.1, "weight of the adversarial loss (times the adaptive weight)")
@@ -155,7 +157,7 @@ def train_vqvae(config: VQVAETraining) -> dict:
     if config.adversarial:
         if distributed_setup()[1] > 1:  # each rank would train its own discriminator
             raise ValueError("--adversarial runs in one process (one discriminator); not under torchrun")
-        discriminator = PatchDiscriminator(config.disc_channels, config.disc_layers)
+        discriminator = PatchDiscriminator(config.disc_channels, config.disc_layers, norm=config.disc_norm)
         disc_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.disc_lr, betas=(0.5, 0.9))
         companions = {"discriminator": discriminator, "disc_optimizer": disc_optimizer}
         adversary = Adversary(discriminator, disc_optimizer, last_decoder_layer(model), config.disc_weight,
