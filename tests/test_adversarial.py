@@ -11,6 +11,17 @@ from vqvae.model import VQVAE
 from vqvae.trainers import VQVAETraining, vqvae_loss
 
 
+class Fixed(torch.nn.Module):
+    """A "decoder" whose output is given: the loss alone is under test."""
+
+    def __init__(self, output):
+        super().__init__()
+        self.output = output
+
+    def forward(self, latents):
+        return self.output
+
+
 def test_random_crop_is_a_square_inside_the_image_and_follows_the_seed():
     torch.manual_seed(3)
     rows, cols = random_crop(32, 64, 48)
@@ -71,14 +82,6 @@ def test_low_pass_is_scipys_gaussian_filter(sigma):
 
 
 def test_recon_lowpass_leaves_fine_detail_to_the_discriminator():
-    class Fixed(torch.nn.Module):
-        def __init__(self, output):
-            super().__init__()
-            self.output = output
-
-        def forward(self, latents):
-            return self.output
-
     model = VQVAE(downsample=4, num_codes=8, code_dim=4, base_channels=8, hidden_channels=8, res_hidden=8)
     x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(1)) * 0.5 + 0.25
     checkerboard = 0.1 * (-1.0) ** (torch.arange(32)[:, None] + torch.arange(32)[None, :])  # detail at the finest scale
@@ -96,14 +99,6 @@ def test_recon_lowpass_leaves_fine_detail_to_the_discriminator():
 
 
 def test_free_background_only_forgives_outputs_below_zero_where_the_slice_is_zero():
-    class Fixed(torch.nn.Module):  # a "decoder" whose output is given
-        def __init__(self, output):
-            super().__init__()
-            self.output = output
-
-        def forward(self, latents):
-            return self.output
-
     model = VQVAE(downsample=4, num_codes=8, code_dim=4, base_channels=8, hidden_channels=8, res_hidden=8)
     x = torch.zeros(1, 1, 16, 16)
     x[..., 4:12, 4:12] = 0.5
