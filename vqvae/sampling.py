@@ -179,7 +179,7 @@ class _HorizontalStep:
         # "scale" is a Python float: NumPy 2 promotes float32 * np.float64 to float64, and a float64
         # weights @ float32 values product copied the whole value cache every step
         self.attention = {int(l): {"heads": a.heads, "eps": a.norm.eps, "gamma": array(a.norm.weight),
-                                   "scale": 1.0 / math.sqrt(prior.embedding.embedding_dim // a.heads),
+                                   "scale": 1.0 / math.sqrt(a.out.out_features // a.heads),
                                    "beta": array(a.norm.bias), "position": array(a.position),
                                    "w_qkv": array(a.qkv.weight.t()), "b_qkv": array(a.qkv.bias),
                                    "w_out": array(a.out.weight.t()), "b_out": array(a.out.bias)}
