@@ -6,7 +6,7 @@ import torch
 from scipy import ndimage
 from torch.nn import functional as F
 
-from vqvae.adversarial import Adversary, PatchDiscriminator, low_pass, random_crop
+from vqvae.adversarial import Adversary, PatchDiscriminator, low_pass, random_crop, spectral_loss
 from vqvae.model import VQVAE
 from vqvae.trainers import VQVAETraining, vqvae_loss
 
@@ -96,6 +96,34 @@ def test_recon_lowpass_leaves_fine_detail_to_the_discriminator():
     assert loss(shifted, recon_lowpass=1.0) > 0.9 * loss(shifted)  # what the codes fix is still paid for
     with pytest.raises(ValueError, match="--adversarial"):
         VQVAETraining(**{**config, "adversarial": False}, recon_lowpass=1.0)
+
+
+def test_spectral_loss_is_numpys_log_power_and_ignores_phase_not_periodic_traces():
+    generator = torch.Generator().manual_seed(2)
+    real = torch.rand(3, 1, 32, 32, generator=generator)
+    fake = low_pass(real, 1.0)  # a blurred batch: power missing at high frequencies
+    power = lambda x: (np.abs(np.fft.rfft2(x.numpy()[:, 0], norm="ortho")) ** 2).mean(0)
+    reference = np.abs(np.log(power(fake) + 1e-10) - np.log(power(real) + 1e-10)).mean()
+    assert abs(float(spectral_loss(fake, real)) - reference) < 1e-4
+    assert float(spectral_loss(real, real)) == 0.0
+    # texture in another phase (a circular shift) has the same power: no cost
+    assert float(spectral_loss(torch.roll(real, (5, 3), dims=(-2, -1)), real)) < 1e-4
+    # a faint checkerboard (the trace of a transposed convolution) costs far more than its
+    # pixel error: 2 grey levels are 1.6e-5 in MSE
+    checkerboard = (2 / 255) * (-1.0) ** (torch.arange(32)[:, None] + torch.arange(32)[None, :])
+    smooth = torch.full((3, 1, 32, 32), 0.5) + 0.05 * torch.sin(torch.arange(32.0) / 3)
+    assert float(spectral_loss(smooth + checkerboard, smooth)) > 100 * float(F.mse_loss(smooth + checkerboard, smooth))
+
+
+def test_spectral_weight_adds_the_spectral_loss_to_the_decoders_loss():
+    model = VQVAE(downsample=4, num_codes=8, code_dim=4, base_channels=8, hidden_channels=8, res_hidden=8)
+    x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    output = low_pass(x, 1.0)
+    config = dict(data="unused", out="unused", epochs=1, init="unused", decoder_only=True)
+    no_grad = torch.autocast("cpu", enabled=False)
+    plain = float(vqvae_loss(model, Fixed(output), x, VQVAETraining(**config), no_grad)[0])
+    weighted = float(vqvae_loss(model, Fixed(output), x, VQVAETraining(**config, spectral_weight=0.5), no_grad)[0])
+    assert abs(weighted - plain - 0.5 * float(spectral_loss(output.clamp(0, 1), x))) < 1e-5
 
 
 def test_free_background_only_forgives_outputs_below_zero_where_the_slice_is_zero():

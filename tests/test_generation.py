@@ -117,6 +117,15 @@ def test_two_sample_test_calls_different_people_equal_and_a_blur_different():
     assert two_sample_test(sharp, soft, repeats=2, steps=100)["mean"] >= 0.85
 
 
+def test_two_sample_loss_still_ranks_candidates_where_accuracy_has_saturated():
+    torch.manual_seed(0)
+    sharp = people(range(0, 12), 4, seed=3, texture=40)
+    slightly, badly = (Labelled(blurred(sharp.images, sigma), sharp.subjects) for sigma in (1.0, 3.0))
+    near, far = (two_sample_test(sharp, other, repeats=2, steps=100) for other in (slightly, badly))
+    assert near["mean"] >= 0.85 and far["mean"] >= 0.85  # both told apart ...
+    assert far["loss"] < near["loss"] < 0.693  # ... but one far more surely (ln 2: chance)
+
+
 def test_generation_report_measures_samples_against_real_slices():
     torch.manual_seed(0)
     train, validate = people(range(0, 10), 3, seed=6, size=256), people(range(50, 58), 3, seed=7, size=256)
