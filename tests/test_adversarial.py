@@ -6,7 +6,8 @@ import torch
 from scipy import ndimage
 from torch.nn import functional as F
 
-from vqvae.adversarial import Adversary, PatchDiscriminator, low_pass, random_crop, spectral_loss
+from vqvae.adversarial import (Adversary, PatchDiscriminator, grid_fingerprint, grid_fingerprint_loss, low_pass,
+                               random_crop, spectral_loss)
 from vqvae.model import VQVAE
 from vqvae.trainers import VQVAETraining, vqvae_loss
 
@@ -98,24 +99,45 @@ def test_recon_lowpass_leaves_fine_detail_to_the_discriminator():
         VQVAETraining(**{**config, "adversarial": False}, recon_lowpass=1.0)
 
 
-def test_spectral_loss_is_numpys_log_power_and_ignores_phase_not_periodic_traces():
+def test_spectral_loss_compares_band_power_and_ignores_phase_not_periodic_traces():
     generator = torch.Generator().manual_seed(2)
     real = torch.rand(3, 1, 32, 32, generator=generator)
     fake = low_pass(real, 1.0)  # a blurred batch: power missing at high frequencies
+    # numpy reference: mean power per 4x4 band of frequencies (the last, partial band averaged alone)
     power = lambda x: (np.abs(np.fft.rfft2(x.numpy()[:, 0], norm="ortho")) ** 2).mean(0)
-    reference = np.abs(np.log(power(fake) + 1e-10) - np.log(power(real) + 1e-10)).mean()
+    bands = lambda p: np.array([[p[i:i + 4, j:j + 4].mean() for j in range(0, p.shape[1], 4)] for i in range(0, 32, 4)])
+    ratio = bands(power(fake)) / bands(power(real))
+    assert (ratio < 1).any() and (ratio > 1).any()  # both branches of the penalty are checked
+    reference = np.where(ratio < 1, -np.log(ratio), ratio - 1).mean()
     assert abs(float(spectral_loss(fake, real)) - reference) < 1e-4
     assert float(spectral_loss(real, real)) == 0.0
     # texture in another phase (a circular shift) has the same power: no cost
     assert float(spectral_loss(torch.roll(real, (5, 3), dims=(-2, -1)), real)) < 1e-4
-    # a faint checkerboard (the trace of a transposed convolution) costs far more than its
-    # pixel error: 2 grey levels are 1.6e-5 in MSE
+    # a faint checkerboard (the trace of a transposed convolution: 2 grey levels, 1.6e-5 in MSE)
+    # costs far more than blurring the same images
+    smooth = torch.full((3, 1, 32, 32), 0.5) + 0.05 * torch.sin(torch.arange(32.0) / 3) + 0.02 * real
     checkerboard = (2 / 255) * (-1.0) ** (torch.arange(32)[:, None] + torch.arange(32)[None, :])
-    smooth = torch.full((3, 1, 32, 32), 0.5) + 0.05 * torch.sin(torch.arange(32.0) / 3)
-    assert float(spectral_loss(smooth + checkerboard, smooth)) > 100 * float(F.mse_loss(smooth + checkerboard, smooth))
+    assert float(spectral_loss(smooth + checkerboard, smooth)) > 1.5 * float(spectral_loss(low_pass(smooth, 1.0), smooth))
 
 
-def test_spectral_weight_adds_the_spectral_loss_to_the_decoders_loss():
+def test_grid_fingerprint_finds_a_pattern_locked_to_the_code_cells():
+    generator = torch.Generator().manual_seed(4)
+    texture = torch.rand(4, 1, 64, 64, generator=generator) * 0.5 + 0.25  # no phase of its own
+    stamp = torch.rand(8, 8, generator=generator) * 0.02 - 0.01  # one pattern in every 8x8 cell
+    stamped = texture + stamp.repeat(8, 8)
+    # numpy reference: the mean over the batch and the cells of (image - its 9x9 local mean)
+    local = ndimage.uniform_filter(stamped.numpy()[:, 0].astype(np.float64), (0, 9, 9), mode="constant")
+    counts = ndimage.uniform_filter(np.ones((64, 64)), 9, mode="constant")
+    detail = stamped.numpy()[:, 0] - local / counts
+    reference = detail.reshape(4, 8, 8, 8, 8).mean(axis=(0, 1, 3))
+    assert np.abs(grid_fingerprint(stamped, 8).numpy() - reference).max() < 1e-5
+    # paired with the same texture unstamped, the loss sees the stamp alone, whatever the texture
+    alone = grid_fingerprint(stamp.repeat(8, 8)[None, None], 8)
+    assert float(grid_fingerprint_loss(stamped, texture, 8)) == pytest.approx(float(alone.abs().mean()), abs=1e-6)
+    assert float(alone.abs().mean()) > 0.003 and float(grid_fingerprint_loss(texture, texture, 8)) == 0.0
+
+
+def test_spectral_and_grid_weights_add_their_losses_to_the_decoders_loss():
     model = VQVAE(downsample=4, num_codes=8, code_dim=4, base_channels=8, hidden_channels=8, res_hidden=8)
     x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(1))
     output = low_pass(x, 1.0)
@@ -124,6 +146,8 @@ def test_spectral_weight_adds_the_spectral_loss_to_the_decoders_loss():
     plain = float(vqvae_loss(model, Fixed(output), x, VQVAETraining(**config), no_grad)[0])
     weighted = float(vqvae_loss(model, Fixed(output), x, VQVAETraining(**config, spectral_weight=0.5), no_grad)[0])
     assert abs(weighted - plain - 0.5 * float(spectral_loss(output.clamp(0, 1), x))) < 1e-5
+    gridded = float(vqvae_loss(model, Fixed(output), x, VQVAETraining(**config, grid_weight=2.0), no_grad)[0])
+    assert abs(gridded - plain - 2.0 * float(grid_fingerprint_loss(output.clamp(0, 1), x, model.downsample))) < 1e-5
 
 
 def test_free_background_only_forgives_outputs_below_zero_where_the_slice_is_zero():

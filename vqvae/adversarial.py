@@ -24,11 +24,19 @@ it is. Each trick is a setting of ``train.vqvae --adversarial`` with a safe defa
   only, so detail finer than the blur answers to the discriminator alone. Without it, every
   stroke of texture the codes do not fix is paid for twice by the pixel loss (drawn where the
   real slice had none, missing where it had some), and the decoder's best answer stays a blur.
-- ``spectral_loss`` (Durall et al. 2020, "Watch your Up-Convolution"): L1 between the log power
-  spectra of reconstructions and real slices, averaged over the batch. Transposed convolutions
-  leave periodic traces a patch discriminator misses: on this data the faithful decoder put 18x
-  the real power at the period-2 checkerboard frequency, an early adversarial decoder 188x, and a
-  stride-2 classifier folds that frequency onto a constant and tells the slices apart every time.
+- ``spectral_loss`` (after Durall et al. 2020, "Watch your Up-Convolution"): the power spectra
+  of reconstructions and real slices compared band by band. Transposed convolutions leave
+  periodic traces a patch discriminator misses: on this data the faithful decoder put 22x the
+  real power at the period-2 checkerboard frequency, an adversarial decoder 32x, and with a log
+  spectral L1 (which weighs a peak no more than any other band) 10 000x within 15 minutes.
+- ``grid_fingerprint``: a decoder draws each code's f x f cell through the same transposed
+  convolutions, so texture it invents can lock to the code grid: the same small pattern in every
+  cell, which no real slice has. Summed over a whole slice, a pattern of a grey level or two is
+  what a classifier finds first. The per-phase mean of the high-passed image over the batch
+  (f x f numbers) measures it; ``grid_fingerprint_loss`` pulls the reconstructions' towards the
+  real slices'. Measured on validate: real slices 0.11 grey levels (spread over the 64 phases, the
+  noise floor), the faithful decoder 0.19, an adversarial decoder 1.24, and 3.56 after 10 minutes
+  of the spectral loss, which rewards texture power wherever it comes from.
 - ``crop``: both players see the same random square crop of the real slice and of its
   reconstruction each step. A patch discriminator judges ~70-pixel patches wherever they are,
   so a 128-pixel crop loses it nothing and costs a quarter of the whole slice: measured by
@@ -109,16 +117,37 @@ def low_pass(images: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(x, kernel.view(1, 1, -1, 1))
 
 
-def log_power_spectrum(images: torch.Tensor) -> torch.Tensor:
-    """(B, 1, H, W) -> log of the batch's mean power at each 2-D frequency (H, W // 2 + 1)."""
+def block_power(images: torch.Tensor, block: int = 4) -> torch.Tensor:
+    """(B, 1, H, W) -> the batch's mean power spectrum (H, W // 2 + 1), averaged over ``block`` x
+    ``block`` neighbouring frequencies: a batch of eight slices gives a noisy estimate of each
+    single frequency, and what a classifier sees is the power of a band, not of one bin."""
     power = torch.fft.rfft2(images.float(), norm="ortho").abs().square().mean(dim=(0, 1))
-    return torch.log(power + 1e-10)
+    return F.avg_pool2d(power[None, None], block, ceil_mode=True)[0, 0]
 
 
-def spectral_loss(reconstruction: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """Mean |log P_reconstruction - log P_real| over frequencies: a batch's spectra compared,
-    not each image's, so texture the codes do not fix may differ in phase, not in power."""
-    return (log_power_spectrum(reconstruction) - log_power_spectrum(real)).abs().mean()
+def spectral_loss(reconstruction: torch.Tensor, real: torch.Tensor, block: int = 4) -> torch.Tensor:
+    """Per band of frequencies, the ratio r of the reconstructions' power to the real slices'
+    (``block_power``; the batches' spectra compared, not each image's, so texture the codes do
+    not fix may differ in phase, not in power), penalised by -log r where power is missing and
+    by r - 1 where there is too much: a log would compress a 1000-fold checkerboard peak to 7,
+    lost in the mean over thousands of bands, while it is what gives a decoder away."""
+    ratio = (block_power(reconstruction, block) + 1e-10) / (block_power(real, block) + 1e-10)
+    return torch.where(ratio < 1, -torch.log(ratio), ratio - 1).mean()
+
+
+def grid_fingerprint(images: torch.Tensor, period: int) -> torch.Tensor:
+    """(B, 1, H, W) -> (period, period): the batch's mean of the high-passed image (minus its
+    local 9x9 mean) at each position within a ``period`` x ``period`` cell of the code grid."""
+    x = images.float()
+    detail = x - F.avg_pool2d(x, 9, stride=1, padding=4, count_include_pad=False)
+    h, w = (detail.shape[-2] // period) * period, (detail.shape[-1] // period) * period
+    cells = detail[..., :h, :w].reshape(*detail.shape[:-2], h // period, period, w // period, period)
+    return cells.mean(dim=(0, 1, 2, 4))
+
+
+def grid_fingerprint_loss(reconstruction: torch.Tensor, real: torch.Tensor, period: int) -> torch.Tensor:
+    """Mean |difference| of the two batches' ``grid_fingerprint``s, in units of full scale."""
+    return (grid_fingerprint(reconstruction, period) - grid_fingerprint(real, period)).abs().mean()
 
 
 def random_crop(size: int, height: int, width: int) -> tuple[slice, slice]:

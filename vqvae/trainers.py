@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .adversarial import Adversary, PatchDiscriminator, low_pass, spectral_loss
+from .adversarial import Adversary, PatchDiscriminator, grid_fingerprint_loss, low_pass, spectral_loss
 from .codes import code_counts, codes_path, load_codes, save_codes, slice_pairs
 from .data import load_split
 from .generation import SliceCNN, position_accuracy
@@ -73,8 +73,10 @@ class VQVAETraining(RunConfig, DataConfig):
     recon_lowpass: float = option(0.0, "the reconstruction loss compares both images blurred by a Gaussian of this "
                                        "sigma (pixels), leaving finer detail to the discriminator alone (frequency "
                                        "separation, see vqvae/adversarial.py; 0 = off); needs --adversarial")
-    spectral_weight: float = option(0.0, "weight of the log power spectrum L1 between reconstructions and real slices "
-                                          "(Durall et al. 2020; see vqvae/adversarial.py; 0 = off)")
+    spectral_weight: float = option(0.0, "weight of the band-power spectral loss between reconstructions and real "
+                                          "slices (after Durall et al. 2020; see vqvae/adversarial.py; 0 = off)")
+    grid_weight: float = option(0.0, "weight of the code-grid fingerprint loss: texture locked to the f x f code cells "
+                                     "(see vqvae/adversarial.py; 0 = off)")
     disc_crop: int = option(128, "both players see the same random square crop this wide each step (0 = whole slice; "
                                  "see vqvae/adversarial.py)")
     free_background: bool = option(False, "where the slice is exactly 0 (background), outputs below 0 cost nothing: "
@@ -135,6 +137,8 @@ def vqvae_loss(model: VQVAE, forward, x: torch.Tensor, config: VQVAETraining, co
         loss = loss + config.ssim_weight * (1 - ssim_torch(judged, target).mean())
     if config.spectral_weight:  # judged as shown: decode clamps to [0, 1]
         loss = loss + config.spectral_weight * spectral_loss(reconstruction.clamp(0.0, 1.0), x)
+    if config.grid_weight:
+        loss = loss + config.grid_weight * grid_fingerprint_loss(reconstruction.clamp(0.0, 1.0), x, model.downsample)
     return loss, codes, reconstruction
 
 
