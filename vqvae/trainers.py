@@ -116,7 +116,8 @@ def build_vqvae(config: VQVAETraining) -> VQVAE:
 
 
 def vqvae_loss(model: VQVAE, forward, x: torch.Tensor, config: VQVAETraining, context):
-    """-> (loss, codes, reconstruction): pixel loss + w * (1 - SSIM) + commitment. ``forward`` is what trains
+    """-> (loss, codes, reconstruction): pixel loss + w * (1 - SSIM) + commitment, plus the spectral and
+    code-grid fingerprint terms where their weights are set. ``forward`` is what trains
     (the model, or its decoder alone, possibly wrapped for DDP); it runs inside ``context``
     (autocast or not), the loss in fp32."""
     with context:
