@@ -136,10 +136,11 @@ def vqvae_loss(model: VQVAE, forward, x: torch.Tensor, config: VQVAETraining, co
     loss = pixel + commit_loss
     if config.ssim_weight:
         loss = loss + config.ssim_weight * (1 - ssim_torch(judged, target).mean())
-    if config.spectral_weight:  # judged as shown: decode clamps to [0, 1]
-        loss = loss + config.spectral_weight * spectral_loss(reconstruction.clamp(0.0, 1.0), x)
+    shown = reconstruction.clamp(0.0, 1.0)  # the texture terms judge what decode shows
+    if config.spectral_weight:
+        loss = loss + config.spectral_weight * spectral_loss(shown, x)
     if config.grid_weight:
-        loss = loss + config.grid_weight * grid_fingerprint_loss(reconstruction.clamp(0.0, 1.0), x, model.downsample)
+        loss = loss + config.grid_weight * grid_fingerprint_loss(shown, x, model.downsample)
     return loss, codes, reconstruction
 
 
