@@ -95,16 +95,18 @@ def code_statistics(counts: torch.Tensor) -> dict[str, float]:
 
 @torch.no_grad()
 def evaluate_reconstructions(model, images: torch.Tensor, batch_size: int = 32,
-                             progress: bool = False) -> dict[str, float]:
+                             progress: bool = False, encode=None) -> dict[str, float]:
     """Reconstruct uint8 slices (N, 1, H, W) and summarise: mean/std/min SSIM, in-brain SSIM,
-    PSNR, MSE, codebook usage and perplexity over the set."""
+    PSNR, MSE, codebook usage and perplexity over the set. ``encode``: slices in [0, 1] -> codes
+    (default ``model.encode``; ``vqvae.code_search.search_batch`` searches them)."""
     from tqdm import tqdm
 
     model.eval()
     rows, counts = [], torch.zeros(model.num_codes, dtype=torch.long)
     for start in tqdm(range(0, len(images), batch_size), disable=not progress, desc="evaluating"):
         x = images[start:start + batch_size].float().div_(255.0)
-        reconstruction, codes = model.reconstruct(x.to(next(model.parameters()).device))
+        codes = (encode or model.encode)(x.to(next(model.parameters()).device))
+        reconstruction = model.decode(codes)
         reconstruction, codes = reconstruction.cpu(), codes.cpu()
         counts += torch.bincount(codes.flatten(), minlength=model.num_codes)
         for original, rebuilt in zip(x[:, 0].numpy(), reconstruction[:, 0].float().numpy()):

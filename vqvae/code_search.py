@@ -1,0 +1,107 @@
+"""Encoder-side code search: codes that decode better, through the same decoder, at the same bit rate.
+
+``VQVAE.encode`` gives each position the codebook vector nearest the encoder's output: the least
+error in latent space, which is not the least error in the decoded slice. Video coders met the
+same gap and search the choices their bit stream allows for the one that decodes best
+(rate-distortion optimised quantisation; Sullivan and Wiegand 1998, "Rate-distortion
+optimization for video compression"). Here the choices are the ``candidates`` codebook vectors
+nearest the encoder's output at each position, and the judge is what the project reports,
+SSIM against the input:
+
+- positions are visited in ``stride`` x ``stride`` interleaved groups: members of one group lie
+  ``stride`` cells apart, so one decode tries a candidate at every member at once, and each
+  member is judged by the SSIM map over its own cell and the 8 around it (the pixels its code
+  moves most), windows that members of a group do not share;
+- a member keeps the candidate that raises its window's SSIM most, if any does;
+- a sweep visits every group once; after each sweep a slice whose whole-image SSIM fell (codes
+  of a group still reach beyond their windows a little) keeps its codes from before the sweep,
+  so searching never lowers a slice's SSIM.
+
+The result is a grid of the same codebook, so everything downstream reads it; ``encode`` stays
+nearest-neighbour, the codes the priors were trained on (and the codes the faithful and the
+realistic decoders share). Cost: each sweep decodes every slice ``stride**2 * candidates``
+times.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .metrics import SSIM_WINDOW, _ssim_terms, ssim_torch
+from .model import VQVAE
+
+
+def ranked_codes(model: VQVAE, images: torch.Tensor, candidates: int) -> torch.Tensor:
+    """(B, 1, H, W) in [0, 1] -> (B, h, w, candidates): at each position the codes nearest the
+    encoder's output, nearest first (so ``[..., 0]`` is ``encode``)."""
+    z = model.encoder(images)
+    b, d, h, w = z.shape
+    distances = torch.cdist(z.permute(0, 2, 3, 1).reshape(-1, d).float(), model.quantizer.codebook.float())
+    return distances.topk(candidates, largest=False).indices.view(b, h, w, candidates)
+
+
+def window_ssim(reconstruction: torch.Tensor, images: torch.Tensor, cell: int) -> torch.Tensor:
+    """(B, h, w): mean of the SSIM map over each position's cell and its 8 neighbours (pixels within
+    half a window of the border, which scikit-image's mean leaves out, count as 0 for every
+    candidate alike)."""
+    luminance, contrast_structure = _ssim_terms(reconstruction, images, SSIM_WINDOW, 0.01, 0.03)
+    pad = SSIM_WINDOW // 2
+    ssim_map = F.pad(luminance * contrast_structure, (pad, pad, pad, pad))
+    per_cell = F.avg_pool2d(ssim_map, cell)
+    return F.avg_pool2d(per_cell, 3, stride=1, padding=1, count_include_pad=False)[:, 0]
+
+
+def _decode(model: VQVAE, codes: torch.Tensor) -> torch.Tensor:
+    # decode's clamp, unrounded: the search compares candidates, the report rounds to uint8
+    return model.decode(codes).float()
+
+
+@torch.no_grad()
+def search_batch(model: VQVAE, images: torch.Tensor, candidates: int = 4, sweeps: int = 2,
+                 stride: int = 4) -> torch.Tensor:
+    """(B, 1, H, W) slices in [0, 1] -> (B, h, w) codes whose decoded SSIM is at least
+    ``encode``'s (see the module's docstring)."""
+    ranked = ranked_codes(model, images, candidates)
+    codes = ranked[..., 0].clone()
+    if candidates < 2 or sweeps < 1:
+        return codes
+    h, w = codes.shape[1:]
+    whole = ssim_torch(_decode(model, codes), images)
+    for _ in range(sweeps):
+        before = codes.clone()
+        for row in range(stride):
+            for column in range(stride):
+                members = torch.zeros(h, w, dtype=torch.bool, device=codes.device)
+                members[row::stride, column::stride] = True
+                best = window_ssim(_decode(model, codes), images, model.downsample)
+                chosen = codes.clone()
+                for rank in range(candidates):
+                    trial = torch.where(members, ranked[..., rank], codes)
+                    if torch.equal(trial, codes):
+                        continue
+                    score = window_ssim(_decode(model, trial), images, model.downsample)
+                    better = members & (score > best)
+                    best = torch.where(better, score, best)
+                    chosen = torch.where(better, trial, chosen)
+                codes = chosen
+        after = ssim_torch(_decode(model, codes), images)
+        worse = after < whole
+        codes[worse] = before[worse]
+        whole = torch.where(worse, whole, after)
+        if torch.equal(codes, before):
+            break
+    return codes
+
+
+def search_codes(model: VQVAE, images: torch.Tensor, candidates: int = 4, sweeps: int = 2,
+                 stride: int = 4, batch_size: int = 16, progress: bool = False) -> torch.Tensor:
+    """uint8 slices (N, 1, H, W) -> searched codes (N, h, w), in batches (``search_batch``)."""
+    from tqdm import tqdm
+
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in tqdm(range(0, len(images), batch_size), disable=not progress, desc="searching codes"):
+        x = images[start:start + batch_size].to(device).float().div_(255.0)
+        out.append(search_batch(model, x, candidates, sweeps, stride).cpu())
+    return torch.cat(out)
