@@ -49,6 +49,10 @@ TWO_DECODERS = ("**Faithful** decodes the codes to the image closest to the inpu
                 "plausible texture, so it looks like a scan but its fine detail is not the input's.")
 
 
+SEARCH_LABEL = ("Search the codes for SSIM (about a second more; off: the encoder's nearest codes, "
+                "the ones the prior was trained on)")
+
+
 def cache_seconds() -> int:
     """BRAINVQ_CACHE_SECONDS as a whole number of seconds >= 1, else CACHE_SECONDS."""
     value = os.environ.get("BRAINVQ_CACHE_SECONDS", "").strip()
@@ -141,20 +145,21 @@ def build(models: Models, delete_after: int | None = None) -> gr.Blocks:
     realistic = models.realistic
 
     @user_errors
-    def reconstruct(file, slice_index=None):
+    def reconstruct(file, slice_index=None, search=True):
         """Upload -> input, reconstruction, error map, metrics; also fills the codebook tab."""
         if slice_index is not None:
             slice_index = demo.whole_number(slice_index, "NIfTI slice", 0, 10**6)
         image, note, count, index = read_upload(file, slice_index)
-        result = demo.reconstruct_slice(vqvae, image)
+        result = demo.reconstruct_slice(vqvae, image, search=bool(search))
         summary = metrics_line("Faithful", result["metrics"])
         invented = None
         if realistic is not None:  # the same codes, drawn by the adversarially trained decoder
             other = demo.reconstruct_slice(realistic, image, result["codes"])  # same encoder: same codes
             invented = shown(other["reconstruction"])
             summary += "  \n" + metrics_line("Realistic", other["metrics"])
-        summary += f"  \nInput: {note}"
-        surprise_image, surprise_text = demo.surprise_view(models, image, result["codes"])
+        summary += f"  \nInput: {note}" + ("  \nCodes searched for SSIM." if search else "")
+        # the prior judges the encoder's own codes, the distribution it was trained on
+        surprise_image, surprise_text = demo.surprise_view(models, image, result["encoded"])
         slider = gr.Slider(maximum=max(count - 1, 1), visible=count > 1, value=index)
         usage = pd.DataFrame(demo.code_usage(result["codes"], models.code_frequencies))
         code = demo.most_used_code(result["codes"])  # code 0 usually does not occur in the slice
@@ -250,6 +255,7 @@ def build(models: Models, delete_after: int | None = None) -> gr.Blocks:
                                            interactive=False, visible=realistic is not None)
                 shown_error = gr.Image(label="|error| of the faithful one (full scale = 0.25)", format="png",
                                        interactive=False)
+            search_codes = gr.Checkbox(value=True, label=SEARCH_LABEL)
             if realistic is not None:
                 gr.Markdown(TWO_DECODERS)
             summary = gr.Markdown("Non-square or non-256x256 images are padded with black to a square "
@@ -311,8 +317,13 @@ def build(models: Models, delete_after: int | None = None) -> gr.Blocks:
         recon_outputs = [shown_input, shown_recon, shown_error, summary, slice_index,
                          current_image, current_codes, code_image, usage_plot, code, highlighted, decoded,
                          shown_realistic, surprise_map, surprise_summary]
-        upload.change(reconstruct, [upload], recon_outputs, api_name="reconstruct")
-        slice_index.release(reconstruct, [upload, slice_index], recon_outputs, api_name="reconstruct_slice")
+        upload.change(lambda file, search: reconstruct(file, None, search), [upload, search_codes], recon_outputs,
+                      api_name="reconstruct")
+        slice_index.release(reconstruct, [upload, slice_index, search_codes], recon_outputs,
+                            api_name="reconstruct_slice")
+        search_codes.change(lambda file, index, search: (reconstruct(file, index, search) if file is not None
+                                                         else [gr.skip()] * len(recon_outputs)),
+                            [upload, slice_index, search_codes], recon_outputs, api_name=False)
         show.click(show_code, [current_image, current_codes, code], [highlighted, decoded], api_name="show_code")
         code_image.select(pick_code, [current_image, current_codes], [code, highlighted, decoded], api_name=False)
         opacity.release(redraw_map, [current_image, current_codes, opacity], [code_image], api_name="code_map")

@@ -103,6 +103,9 @@ def test_every_endpoint_through_gradio_client(server, slice_png, tmp_path):
     assert {"/reconstruct", "/reconstruct_slice", "/show_code", "/sample", "/complete", "/code_map"} <= names
     result = client.predict(handle_file(str(slice_png)), api_name="/reconstruct")
     assert "SSIM" in result[3] and Path(result[1]).is_file()
+    assert "Codes searched for SSIM" in result[3]  # the checkbox's default
+    nearest = client.predict(handle_file(str(slice_png)), False, api_name="/reconstruct")
+    assert "SSIM" in nearest[3] and "searched" not in nearest[3]
     highlighted, decoded = client.predict(3, api_name="/show_code")
     assert Path(highlighted).is_file() and Path(decoded).is_file()
     gallery, status = client.predict(2, 1.0, 0, 7, "5", api_name="/sample")

@@ -84,3 +84,19 @@ def test_search_on_the_bundled_decoder_raises_real_ssim(oasis_root):
     nearest, searched = skimage_ssim(model.encode(x)), skimage_ssim(search_batch(model, x, 4, 1))
     assert (searched > nearest - 1e-3).all()
     assert searched.mean() > nearest.mean() + 0.003
+
+
+def test_judged_without_the_texture_head_the_whole_decoder_still_never_loses():
+    """Candidates are judged by the base decoder; the per-sweep check uses the whole one, so a
+    head that disagrees with the judge cannot make a slice worse."""
+    model, x = toy_model_and_slices()
+    textured = VQVAE(num_codes=16, code_dim=8, base_channels=4, hidden_channels=8, res_hidden=4, texture_channels=4)
+    textured.load_state_dict(model.state_dict(), strict=False)
+    with torch.no_grad():
+        textured.decoder.texture.out[1].weight.normal_(std=0.3)  # a head that changes the picture
+    textured.eval()
+    nearest = ssim_torch(textured.decode(textured.encode(x)), x)
+    searched = ssim_torch(textured.decode(search_batch(textured, x, 4, 2)), x)
+    assert (searched >= nearest - 1e-6).all()
+    judged_whole = ssim_torch(textured.decode(search_batch(textured, x, 4, 2, texture_judge=True)), x)
+    assert (judged_whole >= nearest - 1e-6).all()

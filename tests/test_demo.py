@@ -101,6 +101,16 @@ def test_nifti_faults(tmp_path):
         upload.read_upload(tmp_path / "junk.nii.gz")
 
 
+def test_reconstruct_slice_with_searched_codes(tiny_models):
+    """Searched codes decode at least as well as the encoder's, which stay on hand ("encoded")
+    for the prior's surprise map."""
+    image = synthetic_slice(np.random.default_rng(2), 256)
+    nearest = demo.reconstruct_slice(tiny_models.vqvae, image)
+    searched = demo.reconstruct_slice(tiny_models.vqvae, image, search=True)
+    assert np.array_equal(searched["encoded"], nearest["codes"]) and np.array_equal(nearest["encoded"], nearest["codes"])
+    assert searched["metrics"]["ssim"] >= nearest["metrics"]["ssim"] - 1e-4
+
+
 def test_reconstruct_slice_and_code_views(tiny_models):
     image = synthetic_slice(np.random.default_rng(2), 256)
     result = demo.reconstruct_slice(tiny_models.vqvae, image)

@@ -77,6 +77,8 @@ def test_texture_head_starts_as_the_identity_and_draws_with_fixed_noise_in_eval(
     codes = textured.encode(x)
     assert not torch.equal(plain.decode(codes), textured.decode(codes))
     assert torch.equal(textured.decode(codes), textured.decode(codes))  # eval: the same noise every call
+    z = textured.quantizer.lookup(codes)
+    assert torch.equal(textured.decoder(z, texture=False), plain.decoder(z))  # the base decoder alone
     textured.train()
     z = textured.quantizer.lookup(codes)
     assert not torch.equal(textured.decoder(z), textured.decoder(z))  # training: fresh noise

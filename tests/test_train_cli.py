@@ -138,6 +138,21 @@ def test_evaluate_json(trained, oasis_like, capsys):
     assert metrics["bits_per_pixel"] == pytest.approx(4 / 64)
 
 
+def test_evaluate_and_reconstruct_with_searched_codes(trained, oasis_like, capsys, tmp_path):
+    """--search-sweeps: the same slices from searched codes, never a lower SSIM than nearest."""
+    model = ["--model", str(trained / "vqvae" / "model")]
+    evaluate.main([*model, "--data", str(oasis_like), "--json"])
+    nearest = json.loads(capsys.readouterr().out)
+    evaluate.main([*model, "--data", str(oasis_like), "--json", "--search-sweeps", "1", "--search-candidates", "3"])
+    searched = json.loads(capsys.readouterr().out)
+    assert searched["search_sweeps"] == 1 and searched["search_candidates"] == 3 and nearest["search_sweeps"] == 0
+    assert searched["ssim"] >= nearest["ssim"] - 1e-6 and searched["images"] == nearest["images"]
+    reconstruct.main([*model, "--input", str(oasis_like / "keras_png_slices_validate"), "--out", str(tmp_path),
+                      "--search-sweeps", "1", "--search-candidates", "3"])
+    mean = float(capsys.readouterr().out.rsplit("mean SSIM ", 1)[1].rstrip(")\n"))
+    assert mean == pytest.approx(searched["ssim"], abs=1e-3)  # one image at a time, the same search
+
+
 def test_reconstruct_writes_same_named_pngs(trained, oasis_like, tmp_path):
     out = tmp_path / "rec"
     reconstruct.main(["--model", str(trained / "vqvae" / "model"),

@@ -66,6 +66,22 @@ def add_guidance_argument(parser: argparse.ArgumentParser):
                              "with the position dropped at random, so it also predicts without it)")
 
 
+def add_search_arguments(parser: argparse.ArgumentParser):
+    """--search-sweeps / --search-candidates / --search-stride (``vqvae/code_search.py``)."""
+    parser.add_argument("--search-sweeps", type=int, default=0,
+                        help="search the codes for SSIM, N sweeps (0: the encoder's nearest codes)")
+    parser.add_argument("--search-candidates", type=int, default=8, help="codes tried per position")
+    parser.add_argument("--search-stride", type=int, default=3, help="cells between positions tried at once")
+
+
+def searched_codes(model, x, args):
+    """Codes for slices ``x`` in [0, 1] as the search arguments ask (nearest when not searching)."""
+    from vqvae.code_search import search_batch
+    if args.search_sweeps <= 0:
+        return model.encode(x)
+    return search_batch(model, x, args.search_candidates, args.search_sweeps, args.search_stride)
+
+
 def run_or_fail(function, *args, **kwargs):
     """Run a library call; a problem the user can fix ends the program with a one-line reason."""
     try:

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-
 from functools import partial
 
-from vqvae.code_search import search_batch
 from vqvae.data import load_split
 from vqvae.hub import load_model
 from vqvae.metrics import evaluate_reconstructions
 from vqvae.model import VQVAE
-from train.cli import run_or_fail
+from train.cli import add_search_arguments, run_or_fail, searched_codes
 
 ROWS = ("images", "ssim", "ssim_std", "ssim_min", "ssim_brain", "psnr", "mse", "usage", "perplexity",
         "bits_per_pixel", "search_sweeps")
@@ -30,12 +28,11 @@ ROWS = ("images", "ssim", "ssim_std", "ssim_min", "ssim_brain", "psnr", "mse", "
 def evaluate(args) -> dict:
     model = load_model(VQVAE, args.model)
     split = load_split(args.data, args.split, limit=args.limit, progress=not args.json)
-    encode = (partial(search_batch, model, candidates=args.search_candidates, sweeps=args.search_sweeps)
-              if args.search_sweeps else None)
-    metrics = evaluate_reconstructions(model, split.images, progress=not args.json, encode=encode)
+    metrics = evaluate_reconstructions(model, split.images, progress=not args.json,
+                                       encode=partial(searched_codes, model, args=args))
     return {**metrics, "split": args.split, "model": args.model, "codes": model.num_codes,
-            "bits_per_pixel": model.bits_per_pixel, "search_sweeps": args.search_sweeps,
-            "search_candidates": args.search_candidates if args.search_sweeps else 1}
+            "bits_per_pixel": model.bits_per_pixel, "search_sweeps": max(args.search_sweeps, 0),
+            "search_candidates": args.search_candidates if args.search_sweeps > 0 else 1}
 
 
 def main(argv=None):
@@ -44,9 +41,7 @@ def main(argv=None):
     parser.add_argument("--data", required=True)
     parser.add_argument("--split", default="validate", choices=("train", "validate", "test"))
     parser.add_argument("--limit", type=int, help="only the first N images")
-    parser.add_argument("--search-sweeps", type=int, default=0,
-                        help="search the codes for SSIM, N sweeps (0: encode's nearest codes)")
-    parser.add_argument("--search-candidates", type=int, default=4, help="codes tried per position")
+    add_search_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
     metrics = run_or_fail(evaluate, args)

@@ -1,13 +1,14 @@
 """Reconstruct every image in a folder with a trained VQ-VAE.
 
-    python -m train.reconstruct --model runs/vqvae/model --input DIR --out DIR
+    python -m train.reconstruct --model runs/vqvae/model --input DIR --out DIR [--search-sweeps 2]
 
 Writes a same-named 8-bit PNG reconstruction for each PNG/JPEG in DIR (a .jpg input gives a
 .png output of the same stem) and prints each image's SSIM. ``--figure N`` also writes
 figure.png: for the first N images, input | reconstruction | |error| (the app's heat map).
 Refuses an output folder that is the input folder, and inputs whose outputs would share a name
 (``a.png`` and ``a.jpg``): nothing is ever overwritten by another image's reconstruction.
-Figures of OASIS slices belong in a local folder, never in the repository.
+``--search-sweeps N`` decodes codes searched for SSIM (``vqvae/code_search.py``) instead of the
+encoder's nearest ones. Figures of OASIS slices belong in a local folder, never in the repository.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from vqvae.hub import load_model
 from vqvae.images import error_map, slice_tensor, to_uint8, to_unit
 from vqvae.metrics import image_metrics
 from vqvae.model import VQVAE
-from train.cli import run_or_fail
+from train.cli import add_search_arguments, run_or_fail, searched_codes
 
 
 def check_outputs(paths: list[Path], input_dir: Path, out: Path, downsample: int, images):
@@ -49,7 +50,8 @@ def reconstruct_folder(args):
     out.mkdir(parents=True, exist_ok=True)
     ssims, rows = [], []
     for path, image in zip(paths, images):
-        reconstruction = model.reconstruct(slice_tensor(image))[0][0, 0]
+        x = slice_tensor(image)
+        reconstruction = model.decode(searched_codes(model, x, args))[0, 0]
         pixels = to_uint8(reconstruction)
         Image.fromarray(pixels).save(out / (path.stem + ".png"))
         ssims.append(image_metrics(to_unit(image), reconstruction.numpy())["ssim"])
@@ -69,6 +71,7 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="output folder (created)")
     parser.add_argument("--figure", type=int, default=0, metavar="N",
                         help="also write figure.png with input | reconstruction | error for N images")
+    add_search_arguments(parser)
     run_or_fail(reconstruct_folder, parser.parse_args(argv))
 
 

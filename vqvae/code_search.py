@@ -13,14 +13,19 @@ SSIM against the input:
   member is judged by the SSIM map over its own cell and the 8 around it (the pixels its code
   moves most), windows that members of a group do not share;
 - a member keeps the candidate that raises its window's SSIM most, if any does;
-- a sweep visits every group once; after each sweep a slice whose whole-image SSIM fell (codes
-  of a group still reach beyond their windows a little) keeps its codes from before the sweep,
-  so searching never lowers a slice's SSIM.
+- a sweep visits every group once; after each sweep a slice whose whole-image SSIM through the
+  whole decoder fell (codes of a group still reach beyond their windows a little, and the judge
+  below is not the whole decoder) keeps its codes from before the sweep, so searching never
+  lowers a slice's SSIM.
 
 The result is a grid of the same codebook, so everything downstream reads it; ``encode`` stays
 nearest-neighbour, the codes the priors were trained on (and the codes the faithful and the
 realistic decoders share). Cost: each sweep decodes every slice ``stride**2 * candidates``
-times.
+times, so candidates are judged by the decoder without its texture head (``texture=False``,
+about a seventh of a wide head's cost): the head adds fine detail on top of what the codes
+fix, and codes chosen without it decode as well through the whole decoder (on 24 validate
+slices, faithful decoder with a 32-channel head: SSIM 0.9443 nearest, 0.9509 searched without
+the head, 0.9510 searched with it; ``texture_judge=True`` uses the whole decoder).
 """
 from __future__ import annotations
 
@@ -51,14 +56,14 @@ def window_ssim(reconstruction: torch.Tensor, images: torch.Tensor, cell: int) -
     return F.avg_pool2d(per_cell, 3, stride=1, padding=1, count_include_pad=False)[:, 0]
 
 
-def _decode(model: VQVAE, codes: torch.Tensor) -> torch.Tensor:
+def _decode(model: VQVAE, codes: torch.Tensor, texture: bool) -> torch.Tensor:
     # decode's clamp, unrounded: the search compares candidates, the report rounds to uint8
-    return model.decode(codes).float()
+    return model.decoder(model.quantizer.lookup(codes), texture=texture).clamp(0.0, 1.0).float()
 
 
 @torch.no_grad()
-def search_batch(model: VQVAE, images: torch.Tensor, candidates: int = 4, sweeps: int = 2,
-                 stride: int = 4) -> torch.Tensor:
+def search_batch(model: VQVAE, images: torch.Tensor, candidates: int = 8, sweeps: int = 2,
+                 stride: int = 3, texture_judge: bool = False) -> torch.Tensor:
     """(B, 1, H, W) slices in [0, 1] -> (B, h, w) codes whose decoded SSIM is at least
     ``encode``'s (see the module's docstring)."""
     ranked = ranked_codes(model, images, candidates)
@@ -66,25 +71,25 @@ def search_batch(model: VQVAE, images: torch.Tensor, candidates: int = 4, sweeps
     if candidates < 2 or sweeps < 1:
         return codes
     h, w = codes.shape[1:]
-    whole = ssim_torch(_decode(model, codes), images)
+    whole = ssim_torch(_decode(model, codes, True), images)  # the whole decoder: what is shown
     for _ in range(sweeps):
         before = codes.clone()
         for row in range(stride):
             for column in range(stride):
                 members = torch.zeros(h, w, dtype=torch.bool, device=codes.device)
                 members[row::stride, column::stride] = True
-                best = window_ssim(_decode(model, codes), images, model.downsample)
+                best = window_ssim(_decode(model, codes, texture_judge), images, model.downsample)
                 chosen = codes.clone()
                 for rank in range(candidates):
                     trial = torch.where(members, ranked[..., rank], codes)
                     if torch.equal(trial, codes):
                         continue
-                    score = window_ssim(_decode(model, trial), images, model.downsample)
+                    score = window_ssim(_decode(model, trial, texture_judge), images, model.downsample)
                     better = members & (score > best)
                     best = torch.where(better, score, best)
                     chosen = torch.where(better, trial, chosen)
                 codes = chosen
-        after = ssim_torch(_decode(model, codes), images)
+        after = ssim_torch(_decode(model, codes, True), images)
         worse = after < whole
         codes[worse] = before[worse]
         whole = torch.where(worse, whole, after)
@@ -93,8 +98,9 @@ def search_batch(model: VQVAE, images: torch.Tensor, candidates: int = 4, sweeps
     return codes
 
 
-def search_codes(model: VQVAE, images: torch.Tensor, candidates: int = 4, sweeps: int = 2,
-                 stride: int = 4, batch_size: int = 16, progress: bool = False) -> torch.Tensor:
+def search_codes(model: VQVAE, images: torch.Tensor, candidates: int = 8, sweeps: int = 2,
+                 stride: int = 3, texture_judge: bool = False, batch_size: int = 16,
+                 progress: bool = False) -> torch.Tensor:
     """uint8 slices (N, 1, H, W) -> searched codes (N, h, w), in batches (``search_batch``)."""
     from tqdm import tqdm
 
@@ -103,5 +109,5 @@ def search_codes(model: VQVAE, images: torch.Tensor, candidates: int = 4, sweeps
     out = []
     for start in tqdm(range(0, len(images), batch_size), disable=not progress, desc="searching codes"):
         x = images[start:start + batch_size].to(device).float().div_(255.0)
-        out.append(search_batch(model, x, candidates, sweeps, stride).cpu())
+        out.append(search_batch(model, x, candidates, sweeps, stride, texture_judge).cpu())
     return torch.cat(out)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .code_search import search_batch
 from .hub import Models
 from .images import error_map, slice_tensor, to_uint8, to_unit
 from .metrics import image_metrics
@@ -58,19 +59,23 @@ def real_number(value, name: str, low: float, high: float) -> float:
 # -- reconstruction and the code map ---------------------------------------------------------
 
 @torch.no_grad()
-def reconstruct_slice(vqvae: VQVAE, image: np.ndarray, codes: np.ndarray | None = None) -> dict:
-    """-> reconstruction and error map (uint8), code grid, and SSIM / in-brain SSIM / PSNR.
-    ``codes``: the slice's code grid, already encoded (another decoder on the same codes)."""
-    if codes is None:
-        reconstruction, codes = vqvae.reconstruct(slice_tensor(image))
-    else:
+def reconstruct_slice(vqvae: VQVAE, image: np.ndarray, codes: np.ndarray | None = None,
+                      search: bool = False) -> dict:
+    """-> reconstruction and error map (uint8), the code grid it decodes ("codes"), the encoder's
+    nearest codes ("encoded", the ones the prior was trained on), and SSIM / in-brain SSIM / PSNR.
+    ``codes``: the slice's code grid, already chosen (another decoder on the same codes);
+    ``search``: codes searched for the decoded SSIM (``vqvae/code_search.py``, ~1 s on 2 cores)."""
+    x = slice_tensor(image)
+    encoded = vqvae.encode(x)
+    if codes is not None:
         codes = torch.from_numpy(np.asarray(codes)).long()[None]
-        reconstruction = vqvae.decode(codes)
-    rebuilt = reconstruction[0, 0].numpy()
+    else:
+        codes = search_batch(vqvae, x) if search else encoded
+    rebuilt = vqvae.decode(codes)[0, 0].numpy()
     metrics = image_metrics(to_unit(image), rebuilt)
     rebuilt = to_uint8(rebuilt)
     return {"reconstruction": rebuilt, "error": error_map(image, rebuilt), "codes": codes[0].numpy(),
-            "metrics": metrics}
+            "encoded": encoded[0].numpy(), "metrics": metrics}
 
 
 def _hsv_to_rgb(hue: np.ndarray, saturation: np.ndarray, value: np.ndarray) -> np.ndarray:

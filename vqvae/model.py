@@ -120,7 +120,9 @@ class Decoder(nn.Module):
                 nn.init.zeros_(block.block[-1].weight)
                 nn.init.zeros_(block.block[-1].bias)
 
-    def forward(self, z):
+    def forward(self, z, texture: bool = True):
+        """``texture=False``: the base decoder's output alone, without the texture head's detail:
+        a fraction of the cost, for judging many code choices (``vqvae/code_search.py``)."""
         features = z if self.texture_input == -1 else None
         for index, layer in enumerate(self.net):
             z = layer(z)
@@ -128,7 +130,7 @@ class Decoder(nn.Module):
                 z = self.refine[str(index)](z)
             if index == self.texture_input:
                 features = z
-        return z if self.texture is None else z + self.texture(features)
+        return z if self.texture is None or not texture else z + self.texture(features)
 
 
 class VQVAE(nn.Module, PyTorchModelHubMixin, library_name="brainvq",
