@@ -3,7 +3,7 @@ import torch
 from skimage.metrics import structural_similarity
 
 from tests.conftest import BUNDLED
-from vqvae.code_search import ranked_codes, search_batch, search_codes, window_ssim
+from vqvae.code_search import _scores, ranked_codes, search_batch, search_codes, window_ssim
 from vqvae.data import load_split
 from vqvae.hub import load_model
 from vqvae.metrics import evaluate_reconstructions, ssim_torch
@@ -45,6 +45,21 @@ def test_search_raises_ssim_and_never_lowers_a_slice():
     assert (searched >= nearest - 1e-6).all()
     assert searched.mean() > nearest.mean() + 1e-3
     assert torch.equal(search_batch(model, x, candidates=4, sweeps=2), codes)  # deterministic
+
+
+def test_candidates_scored_in_one_decode_score_as_one_at_a_time():
+    """_scores stacks several candidate grids into one decode; each grid's window SSIM must be
+    what decoding it alone gives (and in the order given)."""
+    model, x = toy_model_and_slices()
+    ranked = ranked_codes(model, x, 4)
+    grids = [ranked[..., rank] for rank in range(4)]
+    alone = _scores(model, grids, x, True, batch=1)
+    stacked = _scores(model, grids, x, True, batch=32)
+    assert len(alone) == len(stacked) == 4
+    for a, b in zip(alone, stacked):
+        assert a.shape == (len(x), *ranked.shape[1:3])
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    assert not torch.allclose(stacked[0], stacked[3])  # different grids, different scores
 
 
 def test_window_ssim_is_scikit_images_map_averaged_over_3x3_cells():

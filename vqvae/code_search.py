@@ -61,6 +61,17 @@ def _decode(model: VQVAE, codes: torch.Tensor, texture: bool) -> torch.Tensor:
     return model.decoder(model.quantizer.lookup(codes), texture=texture).clamp(0.0, 1.0).float()
 
 
+def _scores(model: VQVAE, grids: list, images: torch.Tensor, texture: bool, batch: int = 32) -> list:
+    """Window SSIM of each code grid in ``grids``, several grids to one decode (a single slice's
+    decode leaves cores idle; up to ``batch`` slices at once bounds the memory)."""
+    per_decode, scores = max(1, batch // len(images)), []
+    for start in range(0, len(grids), per_decode):
+        chunk = grids[start:start + per_decode]
+        decoded = _decode(model, torch.cat(chunk), texture)
+        scores += window_ssim(decoded, images.repeat(len(chunk), 1, 1, 1), model.downsample).split(len(images))
+    return scores
+
+
 @torch.no_grad()
 def search_batch(model: VQVAE, images: torch.Tensor, candidates: int = 8, sweeps: int = 2,
                  stride: int = 3, texture_judge: bool = False) -> torch.Tensor:
@@ -78,13 +89,11 @@ def search_batch(model: VQVAE, images: torch.Tensor, candidates: int = 8, sweeps
             for column in range(stride):
                 members = torch.zeros(h, w, dtype=torch.bool, device=codes.device)
                 members[row::stride, column::stride] = True
-                best = window_ssim(_decode(model, codes, texture_judge), images, model.downsample)
+                trials = [trial for trial in (torch.where(members, ranked[..., rank], codes)
+                                              for rank in range(candidates)) if not torch.equal(trial, codes)]
+                best, *scores = _scores(model, [codes, *trials], images, texture_judge)
                 chosen = codes.clone()
-                for rank in range(candidates):
-                    trial = torch.where(members, ranked[..., rank], codes)
-                    if torch.equal(trial, codes):
-                        continue
-                    score = window_ssim(_decode(model, trial, texture_judge), images, model.downsample)
+                for trial, score in zip(trials, scores):
                     better = members & (score > best)
                     best = torch.where(better, score, best)
                     chosen = torch.where(better, trial, chosen)
