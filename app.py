@@ -49,7 +49,7 @@ TWO_DECODERS = ("**Faithful** decodes the codes to the image closest to the inpu
                 "plausible texture, so it looks like a scan but its fine detail is not the input's.")
 
 
-SEARCH_LABEL = ("Search the codes for SSIM (about a second more; off: the encoder's nearest codes, "
+SEARCH_LABEL = ("Search the codes for SSIM (about 2 s more; off: the encoder's nearest codes, "
                 "the ones the prior was trained on)")
 
 

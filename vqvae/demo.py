@@ -64,7 +64,7 @@ def reconstruct_slice(vqvae: VQVAE, image: np.ndarray, codes: np.ndarray | None 
     """-> reconstruction and error map (uint8), the code grid it decodes ("codes"), the encoder's
     nearest codes ("encoded", the ones the prior was trained on), and SSIM / in-brain SSIM / PSNR.
     ``codes``: the slice's code grid, already chosen (another decoder on the same codes);
-    ``search``: codes searched for the decoded SSIM (``vqvae/code_search.py``, ~1 s on 2 cores)."""
+    ``search``: codes searched for the decoded SSIM (``vqvae/code_search.py``, ~2.2 s a slice on 2 cores)."""
     x = slice_tensor(image)
     encoded = vqvae.encode(x)
     if codes is not None:
