@@ -119,10 +119,11 @@ def main():
             thread.join(timeout=600)
         burst = time.perf_counter() - t
 
-        print(f"{'measure':<32}{'p50 s':>8}{'p95 s':>8}{'n':>4}")
+        width = max(len(name) for name, _ in rows) + 2  # the labels' column fits the longest
+        print(f"{'measure':<{width}}{'p50 s':>8}{'p95 s':>8}{'n':>4}")
         for name, values in rows:
             p50, p95 = percentiles(values)
-            print(f"{name:<32}{p50:>8.2f}{p95:>8.2f}{len(values):>4}")
+            print(f"{name:<{width}}{p50:>8.2f}{p95:>8.2f}{len(values):>4}")
         print(f"{args.clients} concurrent clients sampling 4 each: {len(done)} ok, {len(errors)} errors, "
               f"{burst:.1f} s for all; server peak RSS {peak_rss_mb(pid):.0f} MB")
         for error in errors[:3]:
