@@ -106,17 +106,3 @@ def search_batch(model: VQVAE, images: torch.Tensor, candidates: int = 8, sweeps
             break
     return codes
 
-
-def search_codes(model: VQVAE, images: torch.Tensor, candidates: int = 8, sweeps: int = 2,
-                 stride: int = 3, texture_judge: bool = False, batch_size: int = 16,
-                 progress: bool = False) -> torch.Tensor:
-    """uint8 slices (N, 1, H, W) -> searched codes (N, h, w), in batches (``search_batch``)."""
-    from tqdm import tqdm
-
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    for start in tqdm(range(0, len(images), batch_size), disable=not progress, desc="searching codes"):
-        x = images[start:start + batch_size].to(device).float().div_(255.0)
-        out.append(search_batch(model, x, candidates, sweeps, stride, texture_judge).cpu())
-    return torch.cat(out)

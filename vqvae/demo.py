@@ -62,20 +62,22 @@ def real_number(value, name: str, low: float, high: float) -> float:
 def reconstruct_slice(vqvae: VQVAE, image: np.ndarray, codes: np.ndarray | None = None,
                       search: bool = False) -> dict:
     """-> reconstruction and error map (uint8), the code grid it decodes ("codes"), the encoder's
-    nearest codes ("encoded", the ones the prior was trained on), and SSIM / in-brain SSIM / PSNR.
+    nearest codes ("encoded", the ones the prior was trained on; None when ``codes`` is given),
+    and SSIM / in-brain SSIM / PSNR.
     ``codes``: the slice's code grid, already chosen (another decoder on the same codes);
     ``search``: codes searched for the decoded SSIM (``vqvae/code_search.py``, ~2.2 s a slice on 2 cores)."""
     x = slice_tensor(image)
-    encoded = vqvae.encode(x)
+    encoded = None
     if codes is not None:
         codes = torch.from_numpy(np.asarray(codes)).long()[None]
     else:
+        encoded = vqvae.encode(x)
         codes = search_batch(vqvae, x) if search else encoded
     rebuilt = vqvae.decode(codes)[0, 0].numpy()
     metrics = image_metrics(to_unit(image), rebuilt)
     rebuilt = to_uint8(rebuilt)
     return {"reconstruction": rebuilt, "error": error_map(image, rebuilt), "codes": codes[0].numpy(),
-            "encoded": encoded[0].numpy(), "metrics": metrics}
+            "encoded": None if encoded is None else encoded[0].numpy(), "metrics": metrics}
 
 
 def _hsv_to_rgb(hue: np.ndarray, saturation: np.ndarray, value: np.ndarray) -> np.ndarray:
