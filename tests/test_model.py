@@ -65,6 +65,25 @@ def test_refinement_blocks_start_as_the_identity_and_keep_weight_names():
     assert len(refined.decoder.refine) == upsamplings - 1  # all but the output stage
 
 
+def test_detail_head_starts_as_what_decode_shows_and_draws_with_fixed_noise_in_eval():
+    plain, detailed = tiny(refine_blocks=1), tiny(refine_blocks=1, detail_channels=6, detail_blocks=1)
+    detailed.load_state_dict(plain.state_dict(), strict=False)
+    plain.eval(), detailed.eval()
+    x = torch.rand(2, 1, 32, 32)
+    codes = plain.encode(x)
+    assert torch.equal(plain.decode(codes), detailed.decode(codes))  # zero-started: the clamped image
+    z = detailed.quantizer.lookup(codes)
+    assert torch.equal(detailed.decoder(z), plain.decoder(z).clamp(0, 1))  # drawn on what decode shows
+    with torch.no_grad():
+        detailed.decoder.detail.out[1].weight.normal_(std=0.1)
+    assert not torch.equal(plain.decode(codes), detailed.decode(codes))
+    assert torch.equal(detailed.decode(codes), detailed.decode(codes))  # eval: the same noise every call
+    assert torch.equal(detailed.decoder(z, texture=False), plain.decoder(z))  # code search's cheap base
+    assert torch.equal(detailed.decoder.base(z), plain.decoder(z))
+    detailed.train()
+    assert not torch.equal(detailed.decoder(z), detailed.decoder(z))  # training: fresh noise
+
+
 def test_texture_head_starts_as_the_identity_and_draws_with_fixed_noise_in_eval():
     plain, textured = tiny(refine_blocks=1), tiny(refine_blocks=1, texture_channels=6)
     textured.load_state_dict(plain.state_dict(), strict=False)

@@ -52,13 +52,21 @@ class SliceCNN(nn.Module, PyTorchModelHubMixin, library_name="brainvq", license=
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 1, H, W) -> float, pooled, roughly zero mean and unit spread."""
-        x = to_unit(images)
+        return self.normalise(to_unit(images))
+
+    def normalise(self, unit: torch.Tensor) -> torch.Tensor:
+        """Floats in [0, 1] -> pooled, roughly zero mean and unit spread."""
         if self.input_pool > 1:
-            x = F.avg_pool2d(x, self.input_pool)
-        return (x - OASIS_MEAN) / OASIS_STD
+            unit = F.avg_pool2d(unit, self.input_pool)
+        return (unit - OASIS_MEAN) / OASIS_STD
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.hidden(self.convs(self.prepare(images)))
+
+    def judge(self, unit: torch.Tensor) -> torch.Tensor:
+        """Logits of images already as floats in [0, 1], differentiable in them: the net as the
+        realistic decoder's discriminator (``vqvae/realistic.py``)."""
+        return self.out(self.hidden(self.convs(self.normalise(unit))))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.out(self.features(images))

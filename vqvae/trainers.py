@@ -6,6 +6,9 @@ and the saved run config come) and a function that trains from it:
 - ``train_position_net``: the SliceCNN that predicts slice position (the generation metrics'
   feature network).
 
+The realistic decoder's trainer (a detail head on the frozen faithful decoder, against a
+discriminator) is ``vqvae/realistic.py``.
+
 Each writes RUN_DIR/metrics.jsonl, RUN_DIR/checkpoint.pt and the final model under
 RUN_DIR/model (``vqvae/training.py``) and returns its final evaluation.
 """

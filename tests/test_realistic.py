@@ -1,0 +1,74 @@
+"""The realistic decoder's trainer (vqvae/realistic.py) on tiny synthetic slices."""
+import json
+
+import pytest
+import torch
+
+from train import realistic, vqvae
+from vqvae.generation import SliceCNN
+from vqvae.hub import load_model
+from vqvae.model import VQVAE
+from vqvae.realistic import base_images
+from vqvae.testing import TINY_VQVAE
+
+TINY_HEAD = ["--detail-channels", "4", "--detail-blocks", "1", "--detail-noise", "2", "--disc-width", "8",
+             "--crop", "32", "--batch-size", "4", "--eval-images", "2", "--no-progress", "--threads", "1",
+             "--precision", "fp32"]
+
+
+@pytest.fixture(scope="module")
+def faithful(oasis_like, tmp_path_factory):
+    run = tmp_path_factory.mktemp("faithful")
+    vqvae.main(["--data", str(oasis_like), "--out", str(run), "--epochs", "1", *TINY_VQVAE])
+    return run / "model"
+
+
+def test_the_discriminator_judges_unit_images_as_the_classifier_judges_uint8():
+    torch.manual_seed(0)
+    net = SliceCNN(num_classes=1, width=8, input_pool=1).eval()
+    pixels = torch.randint(0, 256, (3, 1, 64, 64), dtype=torch.uint8)
+    assert torch.allclose(net.judge(pixels.float() / 255), net(pixels), atol=1e-6)
+    unit = (pixels.float() / 255).requires_grad_(True)
+    net.judge(unit).sum().backward()
+    assert unit.grad.abs().sum() > 0  # differentiable in the image: the head learns through it
+
+
+def test_realistic_training_keeps_the_codes_trains_only_the_head_and_resumes_exactly(faithful, oasis_like, tmp_path):
+    settings = ["--data", str(oasis_like), "--init", str(faithful), *TINY_HEAD]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    realistic.main([*settings, "--out", str(whole), "--epochs", "2"])
+    realistic.main([*settings, "--out", str(split), "--epochs", "1"])
+    realistic.main([*settings, "--out", str(split), "--epochs", "2", "--resume"])
+    start, trained = load_model(VQVAE, faithful), load_model(VQVAE, whole / "model")
+    before, after = start.state_dict(), trained.state_dict()
+    assert all(torch.equal(before[name], after[name]) for name in before)  # all but the head frozen
+    assert any(after[name].abs().sum() > 0 for name in after if name.startswith("decoder.detail.out"))
+    images = torch.rand(3, 1, 64, 64)
+    assert torch.equal(start.encode(images), trained.encode(images))  # every prior stays valid
+    assert not torch.equal(start.decode(start.encode(images)), trained.decode(trained.encode(images)))
+    state = torch.load(whole / "checkpoint.pt", weights_only=True)
+    assert set(state["companions"]) == {"head", "discriminator", "disc_optimizer"}  # the saved model: the VQ-VAE only
+    records = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    assert any({"adv", "recon", "d_loss"} <= set(r) for r in records if r["kind"] == "train")
+    a, b = (load_model(VQVAE, run / "model").state_dict() for run in (whole, split))
+    assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_base_images_are_the_frozen_decoders_clamped_images(faithful):
+    model = load_model(VQVAE, faithful)
+    pixels = torch.randint(0, 256, (5, 1, 64, 64), dtype=torch.uint8)
+    bases = base_images(model, pixels, batch_size=2)
+    assert bases.dtype == torch.float16
+    expected = model.decode(model.encode(pixels.float() / 255))
+    assert torch.allclose(bases.float(), expected, atol=1e-3)  # float16 storage
+
+
+@pytest.mark.parametrize("ema", [0.0, 0.5])
+def test_the_saved_head_is_the_moving_average_of_the_trained_one(faithful, oasis_like, tmp_path, ema):
+    run = tmp_path / "run"
+    realistic.main(["--data", str(oasis_like), "--init", str(faithful), *TINY_HEAD, "--out", str(run),
+                    "--epochs", "1", "--ema", str(ema)])
+    saved = load_model(VQVAE, run / "model").decoder.detail.state_dict()
+    live = torch.load(run / "checkpoint.pt", weights_only=True)["companions"]["head"]
+    same = all(torch.equal(saved[name], live[name]) for name in live)
+    assert same == (ema == 0.0)
