@@ -72,3 +72,10 @@ def test_the_saved_head_is_the_moving_average_of_the_trained_one(faithful, oasis
     live = torch.load(run / "checkpoint.pt", weights_only=True)["companions"]["head"]
     same = all(torch.equal(saved[name], live[name]) for name in live)
     assert same == (ema == 0.0)
+
+
+def test_precision_auto_times_the_head_and_keeps_the_faster(faithful, oasis_like, tmp_path, capsys):
+    settings = [arg for arg in TINY_HEAD if arg not in ("--precision", "fp32")]
+    realistic.main(["--data", str(oasis_like), "--init", str(faithful), *settings, "--out", str(tmp_path / "run"),
+                    "--epochs", "1"])
+    assert "precision auto: one step takes fp32" in capsys.readouterr().out

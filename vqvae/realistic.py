@@ -112,7 +112,7 @@ def train_realistic(config: RealisticTraining) -> dict:
     def timed_loss(probe, batch, context):
         real, base = batch
         with context:
-            output = probe.decoder.detail.train()(base)
+            output = probe.decoder.detail.requires_grad_(True).train()(base)  # a copy: the average stays frozen
         return reconstruction_loss(output.float(), real)
 
     corner = (slice(0, config.crop or None),) * 2  # not a random crop: the run's random stream stays untouched
