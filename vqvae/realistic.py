@@ -41,7 +41,7 @@ from .hub import CONFIG, load_model
 from .metrics import evaluate_reconstructions
 from .model import VQVAE
 from .training import MODEL, RunConfig, TrainingRun, load_into, option
-from .trainers import DataConfig
+from .trainers import DataConfig, evaluation_subset
 
 
 @dataclass(kw_only=True)
@@ -103,7 +103,7 @@ def train_realistic(config: RealisticTraining) -> dict:
     def crops(index, window=None):
         """The same random crop (or ``window``) of the real slices and of their frozen decoder's images."""
         rows, cols = window or random_crop(config.crop, *train.images.shape[-2:])
-        real = train.batch(index)[..., rows, cols].to(run.device)
+        real = train.images[index][..., rows, cols].float().div(255.0).to(run.device)  # crop, then convert
         return real, bases[index][..., rows, cols].float().to(run.device)
 
     def reconstruction_loss(output, real):
@@ -117,8 +117,7 @@ def train_realistic(config: RealisticTraining) -> dict:
 
     corner = (slice(0, config.crop or None),) * 2  # not a random crop: the run's random stream stays untouched
     run.choose_precision(timed_loss, crops(torch.arange(min(config.batch_size, len(train))), corner))
-    n_eval = len(validate) if config.eval_images <= 0 else min(config.eval_images, len(validate))
-    eval_images = validate.images[torch.linspace(0, len(validate) - 1, n_eval).long()]
+    eval_images = evaluation_subset(validate.images, config.eval_images)
 
     def evaluate():
         metrics = evaluate_reconstructions(model, eval_images)

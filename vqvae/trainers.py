@@ -147,6 +147,13 @@ def vqvae_loss(model: VQVAE, forward, x: torch.Tensor, config: VQVAETraining, co
     return loss, codes, reconstruction
 
 
+def evaluation_subset(images: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` evenly spread images (all for 0): a fixed subset keeps periodic evaluation cheap
+    and comparable over time."""
+    n = len(images) if count <= 0 else min(count, len(images))
+    return images[torch.linspace(0, len(images) - 1, n).long()]
+
+
 def last_decoder_layer(model: VQVAE) -> torch.Tensor:
     """The weight whose gradients VQGAN's adaptive weight compares: what draws the output."""
     if model.decoder.texture is not None:
@@ -187,9 +194,7 @@ def train_vqvae(config: VQVAETraining) -> dict:
         probe, probe.decoder if config.decoder_only else probe, x, config, context)[0],
         batch(torch.arange(min(config.batch_size, len(train)))))
 
-    # A fixed, evenly spread subset keeps periodic evaluation cheap and comparable over time.
-    n_eval = len(validate) if config.eval_images <= 0 else min(config.eval_images, len(validate))
-    eval_images = validate.images[torch.linspace(0, len(validate) - 1, n_eval).long()]
+    eval_images = evaluation_subset(validate.images, config.eval_images)
 
     def evaluate():
         metrics = evaluate_reconstructions(model, eval_images)
