@@ -314,7 +314,7 @@ def test_unusual_but_valid_uploads_work(tmp_path, kind, name, make):
 
 @pytest.fixture(scope="module")
 def two_decoders(tiny_weights, tmp_path_factory):
-    """The tiny weights plus a realistic decoder on the same codes, its texture head drawing."""
+    """The tiny weights plus a realistic decoder on the same codes, its detail head drawing."""
     import json
     import shutil
     from vqvae.hub import REALISTIC, load_model, load_models
@@ -322,12 +322,13 @@ def two_decoders(tiny_weights, tmp_path_factory):
     weights = tmp_path_factory.mktemp("two_decoders")
     shutil.copytree(tiny_weights, weights, dirs_exist_ok=True)
     faithful = load_model(VQVAE, weights / "vqvae")
-    realistic = VQVAE(**{**json.loads((weights / "vqvae" / "config.json").read_text()), "texture_channels": 4})
+    settings = json.loads((weights / "vqvae" / "config.json").read_text())
+    realistic = VQVAE(**{**settings, "detail_channels": 4, "detail_blocks": 1})
     realistic.load_state_dict(faithful.state_dict(), strict=False)
     torch.manual_seed(0)
-    with torch.no_grad():  # a head that always draws something, whatever the random features
-        realistic.decoder.texture.out[1].weight.normal_(std=0.2)
-        realistic.decoder.texture.out[1].bias.fill_(0.1)
+    with torch.no_grad():  # a head that always draws something, whatever the image
+        realistic.decoder.detail.out[1].weight.normal_(std=0.2)
+        realistic.decoder.detail.out[1].bias.fill_(0.1)
     realistic.save_pretrained(weights / REALISTIC)
     return load_models(str(weights), None)
 
@@ -350,6 +351,15 @@ def test_sampling_decodes_with_the_chosen_decoder(two_decoders, tiny_models):
     assert not np.array_equal(drawn[0], plain[0])
     *_, (only, _, _) = demo.sample_stream(tiny_models, 1, seed=3, decoder_name="realistic")
     assert np.array_equal(only[0], plain[0])  # weights without a realistic decoder: the faithful one
+
+
+def test_sampling_draws_the_detail_only_on_the_finished_grids(two_decoders):
+    """Frames shown while the grid fills are drafts (the decoder below its detail head: the
+    faithful decoder's image); the last one is the realistic decoder's."""
+    realistic = list(demo.sample_stream(two_decoders, 2, seed=3, decoder_name="realistic", every=8))
+    faithful = list(demo.sample_stream(two_decoders, 2, seed=3, decoder_name="faithful", every=8))
+    for (drawn, rows, total), (plain, _, _) in zip(realistic, faithful):
+        assert all(np.array_equal(a, b) for a, b in zip(drawn, plain)) == (rows < total)
 
 
 def test_volume_stream_needs_a_volume_prior_and_fills_slice_by_slice(tiny_models, tiny_weights, tmp_path):

@@ -156,11 +156,11 @@ def test_a_realistic_decoder_on_the_same_codes_loads_beside_the_faithful_one(tin
     weights = tmp_path / "weights"
     shutil.copytree(tiny_weights, weights)
     faithful = hub.load_model(VQVAE, weights / "vqvae")
-    realistic = VQVAE(**{**json.loads((weights / "vqvae" / "config.json").read_text()), "texture_channels": 4})
+    realistic = VQVAE(**{**json.loads((weights / "vqvae" / "config.json").read_text()), "detail_channels": 4})
     realistic.load_state_dict(faithful.state_dict(), strict=False)
     realistic.save_pretrained(weights / hub.REALISTIC)
     models = hub.load_models(str(weights), None)
-    assert models.realistic is not None and models.realistic.decoder.texture is not None
+    assert models.realistic is not None and models.realistic.decoder.detail is not None
     with torch.no_grad():  # another encoder: its codes are not the prior's
         realistic.encoder.net[0].weight.add_(0.1)
     realistic.save_pretrained(weights / hub.REALISTIC)

@@ -65,7 +65,7 @@ def test_refinement_blocks_start_as_the_identity_and_keep_weight_names():
     assert len(refined.decoder.refine) == upsamplings - 1  # all but the output stage
 
 
-def test_detail_head_starts_as_what_decode_shows_and_draws_with_fixed_noise_in_eval():
+def test_detail_head_starts_as_what_decode_shows_and_draws_with_per_image_noise_in_eval():
     plain, detailed = tiny(refine_blocks=1), tiny(refine_blocks=1, detail_channels=6, detail_blocks=1)
     detailed.load_state_dict(plain.state_dict(), strict=False)
     plain.eval(), detailed.eval()
@@ -78,6 +78,15 @@ def test_detail_head_starts_as_what_decode_shows_and_draws_with_fixed_noise_in_e
         detailed.decoder.detail.out[1].weight.normal_(std=0.1)
     assert not torch.equal(plain.decode(codes), detailed.decode(codes))
     assert torch.equal(detailed.decode(codes), detailed.decode(codes))  # eval: the same noise every call
+    # each image's noise is its own: the same codes decode alike in any batch, and two images never share it
+    assert torch.allclose(detailed.decode(codes[1:]), detailed.decode(codes)[1:], atol=1e-6)
+    head = detailed.decoder.detail
+    base = torch.full((2, 1, 32, 32), 0.5)
+    grain = head(base) - base  # the same image twice: the same noise
+    assert torch.equal(grain[0], grain[1])
+    base[1, 0, 0, 0] = 0.6  # one pixel apart: other noise
+    grain = head(base) - base
+    assert (grain[0] - grain[1]).abs()[0, 8:, 8:].max() > 1e-3
     assert torch.equal(detailed.decoder(z, texture=False), plain.decoder(z))  # code search's cheap base
     assert torch.equal(detailed.decoder.base(z), plain.decoder(z))
     detailed.train()

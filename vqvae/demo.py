@@ -162,8 +162,9 @@ def decode_code(vqvae: VQVAE, code, grid: int) -> np.ndarray:
 
 def partial_decode(vqvae: VQVAE, codes: torch.Tensor, rows_done: int) -> list[np.ndarray]:
     """Decode code grids of which only the first ``rows_done`` rows are final; the rest is
-    shown black."""
-    images = to_uint8(vqvae.decode(codes)[:, 0])
+    shown black. Unfinished grids are drafts (``VQVAE.decode(draft=True)``): the realistic
+    decoder's detail head costs several times the rest of the decoder and is drawn once, at the end."""
+    images = to_uint8(vqvae.decode(codes, draft=rows_done < codes.shape[1])[:, 0])
     images[:, rows_done * vqvae.downsample:] = 0
     return list(images)
 

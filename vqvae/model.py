@@ -89,6 +89,15 @@ class TextureHead(nn.Module):
         return self.out(self.blocks(h))
 
 
+def image_seeds(images: torch.Tensor) -> list[int]:
+    """A seed per image from its content at 8-bit precision: a fixed pseudo-random weighting of
+    its pixels (Knuth's multiplicative hash of the index), summed modulo 2^31."""
+    levels = images.detach().float().mul(255.0).round().long().flatten(1)
+    index = torch.arange(levels.shape[1], device=images.device)
+    weights = (index * 2654435761 + 1) % (2 ** 31)  # products stay far below 2^63 for 8-bit levels
+    return [int(seed) for seed in ((levels * weights).sum(1) % (2 ** 31)).tolist()]
+
+
 class DetailHead(nn.Module):
     """The realistic decoder's last stage: fine detail drawn on the faithful decoder's finished
     image. It reads that image (clamped to [0, 1], as decode shows it) and ``noise`` channels of
@@ -102,8 +111,9 @@ class DetailHead(nn.Module):
     a head that must learn to open a zero-started noise gate locks its texture to the code grid
     instead, as every texture-head run here did). Trained by ``train.realistic`` against a
     whole-slice discriminator; the output convolution starts at zero, so an untrained head is the
-    identity. In eval mode the noise comes from a fixed seed, so a batch of codes always decodes
-    to the same images."""
+    identity. In eval mode each image's noise is seeded by its own content (``image_seeds``), so a
+    code grid always decodes to the same image whatever batch it is in, and no two images share
+    a noise field (one fixed field for every image would be a pattern a classifier can learn)."""
 
     def __init__(self, out_channels: int, channels: int, blocks: int, noise: int):
         super().__init__()
@@ -115,10 +125,14 @@ class DetailHead(nn.Module):
         nn.init.zeros_(self.out[1].bias)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        generator = None if self.training else torch.Generator(image.device).manual_seed(0)
-        noise = torch.randn((image.shape[0], self.noise, *image.shape[2:]), generator=generator,
-                            device=image.device, dtype=image.dtype)
         shown = image.clamp(0.0, 1.0)  # the detail is drawn on what decode would show
+        shape = (self.noise, *image.shape[2:])
+        if self.training:
+            noise = torch.randn((image.shape[0], *shape), device=image.device, dtype=image.dtype)
+        else:
+            generator = torch.Generator(image.device)
+            noise = torch.stack([torch.randn(shape, generator=generator.manual_seed(seed), device=image.device,
+                                             dtype=image.dtype) for seed in image_seeds(shown)])
         return shown + self.out(self.blocks(self.inp(torch.cat([2 * shown - 1, noise], 1))))
 
 
@@ -214,9 +228,10 @@ class VQVAE(nn.Module, PyTorchModelHubMixin, library_name="brainvq",
         return self.quantizer.nearest(flat).view(b, h, w)
 
     @torch.no_grad()
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """Code grid (B, h, w) -> slices (B, 1, h*f, w*f) clamped to [0, 1]."""
-        return self.decoder(self.quantizer.lookup(codes)).clamp(0.0, 1.0)
+    def decode(self, codes: torch.Tensor, draft: bool = False) -> torch.Tensor:
+        """Code grid (B, h, w) -> slices (B, 1, h*f, w*f) clamped to [0, 1]. ``draft``: without the
+        texture and detail heads (a fraction of the cost; for frames that are shown in passing)."""
+        return self.decoder(self.quantizer.lookup(codes), texture=not draft).clamp(0.0, 1.0)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
