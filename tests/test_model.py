@@ -110,3 +110,32 @@ def test_texture_head_starts_as_the_identity_and_draws_with_fixed_noise_in_eval(
     textured.train()
     z = textured.quantizer.lookup(codes)
     assert not torch.equal(textured.decoder(z), textured.decoder(z))  # training: fresh noise
+
+
+def test_the_detail_head_draws_in_the_precision_chosen_for_it():
+    from vqvae.precision import choose_detail_precision
+    model = tiny(refine_blocks=1, detail_channels=6, detail_blocks=1).eval()
+    with torch.no_grad():
+        model.decoder.detail.out[1].weight.normal_(std=0.1)
+    codes = model.encode(torch.rand(2, 1, 32, 32))
+    exact = model.decode(codes)
+    model.decoder.detail.precision = "bf16"
+    rounded = model.decode(codes)
+    assert not torch.equal(exact, rounded) and (exact - rounded).abs().max() < 0.02  # bf16's rounding, no more
+    assert torch.equal(model.decode(codes, draft=True), tiny_base(model, codes))  # drafts skip the head
+    seconds = choose_detail_precision(model, size=32)
+    assert set(seconds) == {"fp32", "bf16"} and model.decoder.detail.precision == min(seconds, key=seconds.get)
+    assert choose_detail_precision(tiny(refine_blocks=1)) == {}  # no head: nothing to choose
+    head, image = model.decoder.detail.train(), torch.rand(1, 1, 32, 32)  # training: the trainer's autocast decides
+
+    def drawn(precision, outer=False):
+        head.precision = precision
+        torch.manual_seed(0)  # the same training noise
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=outer):
+            return head(image)
+    assert torch.equal(drawn("bf16"), drawn("fp32"))  # the choice is not applied in training
+    assert not torch.equal(drawn("fp32", outer=True), drawn("fp32"))  # nor does it switch a trainer's bf16 off
+
+
+def tiny_base(model, codes):
+    return model.decoder.base(model.quantizer.lookup(codes)).clamp(0.0, 1.0)

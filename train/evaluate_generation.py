@@ -25,6 +25,7 @@ from vqvae.generation import Labelled, SliceCNN, generation_report, generation_t
 from vqvae.hub import check_same_codes, load_model, load_prior
 from vqvae.images import mosaic
 from vqvae.model import VQVAE
+from vqvae.precision import choose_detail_precision
 from vqvae.prior import nll_bits, unigram_bits
 from vqvae.sampling import sample_codes
 from train.cli import add_guidance_argument, run_or_fail
@@ -57,6 +58,8 @@ def evaluate(args) -> dict:
     if args.realistic:  # the same codes and samples, drawn by the adversarially trained decoder
         realistic = load_model(VQVAE, args.realistic)
         check_same_codes(vqvae, realistic, args.realistic)
+        choose_detail_precision(realistic)  # as the app draws it
+        report["realistic_precision"] = realistic.decoder.detail.precision if realistic.decoder.detail else "fp32"
         also = {"realistic reconstructions vs validate": Labelled(decode_codes(realistic, codes), validate.subjects),
                 "samples decoded by the realistic decoder vs validate": Labelled(decode_codes(realistic, sample_grids))}
     report.update(generation_report(samples, Labelled(train.images, train.subjects),

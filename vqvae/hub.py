@@ -30,6 +30,7 @@ from safetensors.torch import load_file
 
 from .generation import SliceCNN
 from .model import VQVAE
+from .precision import choose_detail_precision
 from .prior import GatedPixelCNN
 from .surprise import SURPRISE_REFERENCE
 from .transformer import CodeTransformer
@@ -187,6 +188,10 @@ def load_models(source: str | None, bundled: str | Path | None = None) -> Models
     if is_model_dir(path / REALISTIC):
         realistic = load_model(VQVAE, path / REALISTIC)
         check_same_codes(vqvae, realistic, path / REALISTIC)
+        seconds = choose_detail_precision(realistic)
+        if seconds:
+            log.info("realistic decoder's detail head draws in %s (one slice: %s)", realistic.decoder.detail.precision,
+                     ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in seconds.items()))
     volume_prior = None
     if is_model_dir(path / VOLUME_PRIOR):
         volume_prior = load_model(GatedPixelCNN, path / VOLUME_PRIOR)

@@ -10,6 +10,7 @@ Saved and loaded the Hugging Face way (``config.json`` + ``model.safetensors``) 
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 from huggingface_hub import PyTorchModelHubMixin
@@ -118,6 +119,7 @@ class DetailHead(nn.Module):
     def __init__(self, out_channels: int, channels: int, blocks: int, noise: int):
         super().__init__()
         self.noise = noise
+        self.precision = "fp32"  # or "bf16": how it draws in eval (``precision.choose_detail_precision``)
         self.inp = nn.Conv2d(out_channels + noise, channels, 3, padding=1)
         self.blocks = nn.Sequential(*(ResidualBlock(channels, channels) for _ in range(blocks)))
         self.out = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
@@ -133,7 +135,11 @@ class DetailHead(nn.Module):
             generator = torch.Generator(image.device)
             noise = torch.stack([torch.randn(shape, generator=generator.manual_seed(seed), device=image.device,
                                              dtype=image.dtype) for seed in image_seeds(shown)])
-        return shown + self.out(self.blocks(self.inp(torch.cat([2 * shown - 1, noise], 1))))
+        # (not autocast(enabled=False) in fp32: inside a trainer's bf16 autocast that would switch it off)
+        with (torch.autocast(image.device.type, dtype=torch.bfloat16)
+              if not self.training and self.precision == "bf16" else nullcontext()):
+            detail = self.out(self.blocks(self.inp(torch.cat([2 * shown - 1, noise], 1))))
+        return shown + detail.to(shown.dtype)
 
 
 class Decoder(nn.Module):

@@ -32,7 +32,6 @@ import json
 import math
 import os
 import time
-from contextlib import nullcontext
 from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 
@@ -41,6 +40,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from .hub import lineage, save_model
+from .precision import autocast, time_precisions
 
 # What a run directory holds, named once.
 CHECKPOINT, METRICS, RUN_CONFIG, MODEL = "checkpoint.pt", "metrics.jsonl", "run_config.json", "model"
@@ -139,30 +139,6 @@ def parallel(model: torch.nn.Module, compile: bool = False) -> torch.nn.Module:
         device = next(model.parameters()).device
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     return torch.compile(model) if compile else model
-
-
-def autocast(precision: str, device: torch.device):
-    """The context a training step runs in: bf16 autocast, or nothing for fp32."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def time_precisions(step, device: torch.device, repeats: int = 3) -> dict[str, float]:
-    """Seconds per call of ``step(context)`` (a forward and backward on a throwaway copy of the
-    model) under fp32 and under bf16 autocast, each the best of ``repeats`` after one warm-up.
-    Machines of one kind differ by up to 20x in which is faster, so this is measured, not assumed."""
-    seconds = {}
-    for precision in ("fp32", "bf16"):
-        times = []
-        for _ in range(repeats + 1):
-            start = time.perf_counter()
-            step(autocast(precision, device))
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - start)
-        seconds[precision] = min(times[1:])
-    return seconds
 
 
 class TrainingRun:
