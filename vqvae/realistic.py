@@ -83,6 +83,44 @@ def base_images(model: VQVAE, images: torch.Tensor, batch_size: int = 32) -> tor
     return out
 
 
+def reconstruction_loss(output: torch.Tensor, real: torch.Tensor, sigma: float) -> torch.Tensor:
+    """L1 of the two images blurred by a Gaussian of ``sigma`` pixels: anatomy, not detail."""
+    return F.l1_loss(low_pass(output, sigma), low_pass(real, sigma))
+
+
+def realistic_step(head, optimizer, real, base, config: RealisticTraining, autocast,
+                   discriminator=None, disc_optimizer=None) -> dict[str, float]:
+    """One step of the head on real crops and the frozen decoder's crops of them, each forward
+    pass inside ``autocast()``: the discriminator's update, then the head's against the updated
+    discriminator. Without a discriminator: the plain step, the reconstruction loss alone (what
+    ``benchmarks.realistic_step`` sets the adversary's cost against)."""
+    with autocast():
+        output = head(base)
+    output = output.float()
+    n, losses = len(real), {}
+    if discriminator is not None:  # real and generated crops in one batch: one set of batch statistics
+        with autocast():
+            logits = discriminator.judge(torch.cat([real, output.detach().clamp(0.0, 1.0)])).float()
+        disc_loss = F.softplus(-logits[:n]).mean() + F.softplus(logits[n:]).mean()
+        disc_optimizer.zero_grad(set_to_none=True)
+        disc_loss.backward()
+        disc_optimizer.step()
+        discriminator.requires_grad_(False)
+        with autocast():
+            logits = discriminator.judge(torch.cat([real, output.clamp(0.0, 1.0)])).float()
+        discriminator.requires_grad_(True)
+        adversarial = F.softplus(-logits[n:]).mean()  # non-saturating
+        losses.update(adv=adversarial.item(), d_loss=disc_loss.item())
+    else:
+        adversarial = torch.zeros(())
+    recon = reconstruction_loss(output, real, config.recon_sigma)
+    loss = adversarial + config.recon_weight * recon
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return {"loss": loss.item(), "recon": recon.item(), **losses}
+
+
 def train_realistic(config: RealisticTraining) -> dict:
     config.start()
     train, validate = (load_split(config.data, split, limit=config.limit, progress=config.progress,
@@ -106,14 +144,11 @@ def train_realistic(config: RealisticTraining) -> dict:
         real = train.images[index][..., rows, cols].float().div(255.0).to(run.device)  # crop, then convert
         return real, bases[index][..., rows, cols].float().to(run.device)
 
-    def reconstruction_loss(output, real):
-        return F.l1_loss(low_pass(output, config.recon_sigma), low_pass(real, config.recon_sigma))
-
     def timed_loss(probe, batch, context):
         real, base = batch
         with context:
             output = probe.decoder.detail.requires_grad_(True).train()(base)  # a copy: the average stays frozen
-        return reconstruction_loss(output.float(), real)
+        return reconstruction_loss(output.float(), real, config.recon_sigma)
 
     corner = (slice(0, config.crop or None),) * 2  # not a random crop: the run's random stream stays untouched
     run.choose_precision(timed_loss, crops(torch.arange(min(config.batch_size, len(train))), corner))
@@ -128,31 +163,9 @@ def train_realistic(config: RealisticTraining) -> dict:
     while not run.finished():
         real, base = crops(run.next_batch())
         run.apply_learning_rate()
-        with run.autocast():
-            output = head(base)
-        output = output.float()
-        # the discriminator's step: real and generated crops in one batch (one set of batch statistics)
-        with run.autocast():
-            logits = discriminator.judge(torch.cat([real, output.detach().clamp(0.0, 1.0)])).float()
-        n = len(real)
-        disc_loss = F.softplus(-logits[:n]).mean() + F.softplus(logits[n:]).mean()
-        disc_optimizer.zero_grad(set_to_none=True)
-        disc_loss.backward()
-        disc_optimizer.step()
-        # the head's step, against the updated discriminator
-        discriminator.requires_grad_(False)
-        with run.autocast():
-            logits = discriminator.judge(torch.cat([real, output.clamp(0.0, 1.0)])).float()
-        adversarial = F.softplus(-logits[n:]).mean()
-        recon = reconstruction_loss(output, real)
-        loss = adversarial + config.recon_weight * recon
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        discriminator.requires_grad_(True)
+        losses = realistic_step(head, optimizer, real, base, config, run.autocast, discriminator, disc_optimizer)
         with torch.no_grad():
             for average, live in zip(model.decoder.detail.parameters(), head.parameters()):
                 average.lerp_(live, 1.0 - config.ema)
-        run.step_done({"loss": loss.item(), "adv": adversarial.item(), "recon": recon.item(),
-                       "d_loss": disc_loss.item()}, evaluate)
+        run.step_done(losses, evaluate)
     return run.finish(evaluate, save_dir=run.out / MODEL)
