@@ -10,12 +10,12 @@ Target (issue: realistic decoder): the step with the discriminator at most 1.5x 
 from __future__ import annotations
 
 import argparse
-import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
+from benchmarks.realistic_step import median_seconds
 from benchmarks.train_vqvae import machine
 from vqvae.adversarial import Adversary, PatchDiscriminator
 from vqvae.trainers import VQVAETraining, build_vqvae, last_decoder_layer, vqvae_loss
@@ -51,13 +51,7 @@ def step_seconds(config: VQVAETraining, adversarial: bool, precision: str, steps
         if adversary is not None:
             adversary.discriminator_step(x, reconstruction.detach(), context())
 
-    step()  # warm-up
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    return median_seconds(step, steps)
 
 
 def main():

@@ -31,6 +31,7 @@ MODELS = Path(__file__).resolve().parents[1] / "assets" / "models"
 
 
 def median_seconds(fn, repeats: int) -> float:
+    """Median seconds of a call of ``fn`` over ``repeats``, after one warm-up call."""
     fn()  # warm-up
     times = []
     for _ in range(repeats):
