@@ -299,7 +299,7 @@ def test_position_net_and_generation_metrics_end_to_end(trained, tmp_path, capsy
                        "--batch-size", "4", "--no-progress", "--threads", "1"])
     assert "within_one" in capsys.readouterr().out
     faithful = load_model(VQVAE, trained / "vqvae" / "model")  # a realistic decoder on its codes
-    realistic = VQVAE(**{**json.loads((trained / "vqvae" / "model" / "config.json").read_text()), "texture_channels": 4})
+    realistic = VQVAE(**{**json.loads((trained / "vqvae" / "model" / "config.json").read_text()), "detail_channels": 4})
     realistic.load_state_dict(faithful.state_dict(), strict=False)
     realistic.save_pretrained(tmp_path / "realistic")
     evaluate_generation.main(["--vqvae", str(trained / "vqvae" / "model"), "--prior", str(trained / "prior" / "model"),
@@ -309,6 +309,7 @@ def test_position_net_and_generation_metrics_end_to_end(trained, tmp_path, capsy
                               "--out", str(trained / "generation")])
     report = json.loads(capsys.readouterr().out)
     assert report["images"] == 6 and report["uniform_bits"] == 4.0
+    assert report["realistic_precision"] in ("fp32", "bf16")  # drawn as the app draws it, and said so
     comparisons = [row["comparison"] for row in report["two_sample"]]
     assert comparisons[:3] == ["calibration: validate vs validate (two halves of the subjects)",
                                "reference: train vs validate (real vs real)",

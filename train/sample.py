@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vqvae.hub import check_same_codes, load_model, load_prior
+from vqvae.hub import load_model, load_prior, load_realistic
 from vqvae.images import mosaic, to_uint8
 from vqvae.model import VQVAE
 from vqvae.sampling import SAMPLERS, sample_codes
@@ -48,8 +48,7 @@ def sample(args):
     Image.fromarray(mosaic(pixels, columns=args.n if len(slices) > 1 else None)).save(out / "grid.png")
     print(f"wrote {len(pixels)} samples and grid.png to {out} ({seconds:.1f} s, {args.sampler} sampler)")
     if args.also_decoder:
-        other = load_model(VQVAE, args.also_decoder)
-        check_same_codes(vqvae, other, args.also_decoder)
+        other = load_realistic(vqvae, args.also_decoder)  # drawn as the app draws it
         both = np.concatenate([pixels, to_uint8(other.decode(codes)[:, 0])])
         Image.fromarray(mosaic(both, columns=len(pixels))).save(out / "decoders.png")
         print(f"wrote decoders.png: top row {args.vqvae}, bottom row {args.also_decoder}")

@@ -186,12 +186,7 @@ def load_models(source: str | None, bundled: str | Path | None = None) -> Models
         raise ModelLoadError(f"{path}: the prior models {prior.num_codes} codes, the VQ-VAE has {vqvae.num_codes}")
     realistic = None
     if is_model_dir(path / REALISTIC):
-        realistic = load_model(VQVAE, path / REALISTIC)
-        check_same_codes(vqvae, realistic, path / REALISTIC)
-        seconds = choose_detail_precision(realistic)
-        if seconds:
-            log.info("realistic decoder's detail head draws in %s (one slice: %s)", realistic.decoder.detail.precision,
-                     ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in seconds.items()))
+        realistic = load_realistic(vqvae, path / REALISTIC)
     volume_prior = None
     if is_model_dir(path / VOLUME_PRIOR):
         volume_prior = load_model(GatedPixelCNN, path / VOLUME_PRIOR)
@@ -209,6 +204,18 @@ def load_models(source: str | None, bundled: str | Path | None = None) -> Models
         position_net = load_model(SliceCNN, path / POSITION_NET)
     log.info("loaded models from %s (%s)", description, path)
     return Models(vqvae, prior, description, frequencies, realistic, volume_prior, reference, position_net)
+
+
+def load_realistic(faithful: VQVAE, path: str | Path) -> VQVAE:
+    """A second decoder on ``faithful``'s codes (checked), its detail head set to draw in the
+    faster precision on this machine (``precision.choose_detail_precision``), as the app draws it."""
+    realistic = load_model(VQVAE, path)
+    check_same_codes(faithful, realistic, path)
+    seconds = choose_detail_precision(realistic)
+    if seconds:
+        log.info("realistic decoder's detail head draws in %s (one slice: %s)", realistic.decoder.detail.precision,
+                 ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in seconds.items()))
+    return realistic
 
 
 def check_same_codes(faithful: VQVAE, other: VQVAE, where):
