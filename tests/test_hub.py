@@ -74,6 +74,9 @@ def test_no_weights_anywhere_is_a_clear_error(tmp_path):
 def test_bundled_weights_load_when_shipped():
     models = hub.load_models(None, BUNDLED)
     assert models.source.startswith("bundled") and models.vqvae.num_codes == models.prior.num_codes
+    assert models.realistic is not None and models.realistic.decoder.detail is not None  # shipped beside it
+    x = torch.rand(2, 1, 256, 256)
+    assert torch.equal(models.vqvae.encode(x), models.realistic.encode(x))  # the same codes: one prior for both
 
 
 # Strict loading: a model directory whose weights do not match its config.json is an error

@@ -259,8 +259,10 @@ def training_stages(config: dict) -> list[str]:
     run records its --init's lineage when it starts (``init_stages``): the folder it started
     from may since have been replaced by another model (a new prior shipped in its place)."""
     budget = f"{config['minutes']} minutes" if config.get("minutes") else f"{config.get('epochs')} epochs"
-    stage = (f"{budget}{' of the decoder only' if config.get('decoder_only') else ''}, "
-             f"batch {config.get('batch_size')}, lr {config.get('lr')}, seed {config.get('seed')}")
+    part = (" of the decoder only" if config.get("decoder_only") else
+            f" of a detail head ({config.get('detail_channels')} channels) on the frozen decoder, against a "
+            f"discriminator" if "recon_sigma" in config else "")  # train.realistic's runs
+    stage = (f"{budget}{part}, batch {config.get('batch_size')}, lr {config.get('lr')}, seed {config.get('seed')}")
     started = config.get("init")
     if not started:
         return [stage]
