@@ -207,7 +207,7 @@ class TrainingRun:
             message = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in seconds.items())
             print(f"precision auto: one step takes {message}; training in {self.precision}")
             self.log({"kind": "precision", "chosen": self.precision,
-                      **{f"{k}_seconds": round(v, 4) for k, v in seconds.items()}})
+                      **{f"{k}_seconds": v for k, v in seconds.items()}})  # as compared: rounded, they could tie or flip
 
     def autocast(self):
         """The context each training step runs in (call ``choose_precision`` first)."""
