@@ -93,6 +93,25 @@ def test_detail_head_starts_as_what_decode_shows_and_draws_with_per_image_noise_
     assert not torch.equal(detailed.decoder(z), detailed.decoder(z))  # training: fresh noise
 
 
+def test_a_highpassed_detail_head_draws_detail_only_and_leaves_the_coarse_image():
+    from vqvae.model import DetailHead, low_pass
+    torch.manual_seed(0)
+    shifted, highpassed = DetailHead(1, 6, 1, 2), DetailHead(1, 6, 1, 2, highpass=2.0)
+    for head in (shifted, highpassed):  # a head that only shifts brightness
+        head.out[1].bias.data.fill_(-0.05)
+    base = torch.rand(2, 1, 32, 32) * 0.5 + 0.25
+    assert torch.allclose(shifted.eval()(base), base - 0.05)
+    assert torch.allclose(highpassed.eval()(base), base, atol=1e-6)  # a constant has no detail
+    shifted.out[1].weight.data.normal_(std=0.2)  # a head that draws: texture plus a coarse shift
+    highpassed.load_state_dict(shifted.state_dict())
+    coarse = [low_pass(head(base) - base, 2.0).abs().mean() for head in (shifted, highpassed)]
+    fine = [(head(base) - base - low_pass(head(base) - base, 2.0)).abs().mean() for head in (shifted, highpassed)]
+    assert coarse[1] < 0.2 * coarse[0]
+    assert fine[1] > 0.5 * fine[0]  # the detail itself stays
+    model = tiny(detail_channels=4, detail_blocks=1, detail_highpass=2.0)
+    assert model.decoder.detail.highpass == 2.0 and tiny(detail_channels=4).decoder.detail.highpass == 0.0
+
+
 def test_texture_head_starts_as_the_identity_and_draws_with_fixed_noise_in_eval():
     plain, textured = tiny(refine_blocks=1), tiny(refine_blocks=1, texture_channels=6)
     textured.load_state_dict(plain.state_dict(), strict=False)

@@ -1,5 +1,6 @@
 """The realistic decoder's trainer (vqvae/realistic.py) on tiny synthetic slices."""
 import json
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -79,3 +80,48 @@ def test_precision_auto_times_the_head_and_keeps_the_faster(faithful, oasis_like
     realistic.main(["--data", str(oasis_like), "--init", str(faithful), *settings, "--out", str(tmp_path / "run"),
                     "--epochs", "1"])
     assert "precision auto: one step takes fp32" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def tiny_prior(faithful, tmp_path_factory):
+    """An untrained prior on the faithful model's 16 codes (with random position embeddings, so
+    samples at different slice positions differ)."""
+    from vqvae.prior import GatedPixelCNN
+    torch.manual_seed(1)
+    grid = 256 // load_model(VQVAE, faithful).downsample
+    prior = GatedPixelCNN(num_codes=16, channels=8, layers=2, grid_size=grid)
+    for layer in prior.layers:
+        torch.nn.init.normal_(layer.condition.weight, std=1.0)
+    folder = tmp_path_factory.mktemp("prior") / "prior"
+    prior.save_pretrained(folder)
+    return folder
+
+
+def test_training_on_prior_samples_too_resumes_exactly_and_changes_the_head(faithful, tiny_prior, oasis_like,
+                                                                             tmp_path):
+    settings = ["--data", str(oasis_like), "--init", str(faithful), *TINY_HEAD, "--detail-highpass", "2.0"]
+    with_samples = [*settings, "--prior", str(tiny_prior), "--samples", "6", "--sample-share", "0.5"]
+    whole, split, plain = tmp_path / "whole", tmp_path / "split", tmp_path / "plain"
+    realistic.main([*with_samples, "--out", str(whole), "--epochs", "2"])
+    realistic.main([*with_samples, "--out", str(split), "--epochs", "1"])
+    realistic.main([*with_samples, "--out", str(split), "--epochs", "2", "--resume"])
+    realistic.main([*settings, "--out", str(plain), "--epochs", "2"])
+    a, b, c = (load_model(VQVAE, run / "model").state_dict() for run in (whole, split, plain))
+    assert all(torch.equal(a[name], b[name]) for name in a)  # the samples are drawn alike on resume
+    assert not all(torch.equal(a[name], c[name]) for name in a)  # and they do reach the head
+    assert load_model(VQVAE, whole / "model").decoder.detail.highpass == 2.0  # saved in its config
+
+
+def test_a_step_on_samples_fits_only_the_paired_crops():
+    from vqvae.model import DetailHead
+    from vqvae.realistic import RealisticTraining, reconstruction_loss, realistic_step
+    torch.manual_seed(0)
+    head = DetailHead(1, 4, 1, 2)  # zero output convolution: the identity at the first step
+    real, base, sampled = torch.rand(4, 1, 32, 32), torch.rand(3, 1, 32, 32), torch.rand(1, 1, 32, 32)
+    config = RealisticTraining(data="", out="", init="", epochs=1, recon_sigma=1.0)
+    discriminator = SliceCNN(num_classes=1, width=8, input_pool=1)
+    losses = realistic_step(head, torch.optim.SGD(head.parameters(), lr=0.0), real, base, config, nullcontext,
+                            discriminator, torch.optim.SGD(discriminator.parameters(), lr=0.0), sampled)
+    expected = reconstruction_loss(base, real[:3], 1.0)
+    assert losses["recon"] == pytest.approx(float(expected), rel=1e-5)
+    assert {"adv", "d_loss"} <= set(losses)

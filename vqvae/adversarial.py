@@ -51,6 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .model import low_pass  # noqa: F401  (the reconstruction loss's blur; the detail head's too)
+
 
 class PatchDiscriminator(nn.Module):
     """Real/fake logits per patch of a (B, 1, H, W) image in [0, 1]; ``features`` also returns
@@ -103,18 +105,6 @@ def adaptive_weight(reconstruction_loss: torch.Tensor, adversarial_loss: torch.T
     adversarial_grad = torch.autograd.grad(adversarial_loss, last_layer, retain_graph=True)[0]
     ratio = reconstruction_grad.norm() / (adversarial_grad.norm() + 1e-4)
     return ratio.clamp(0.0, maximum).detach()
-
-
-def low_pass(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(B, 1, H, W) through a separable Gaussian of ``sigma`` pixels (reflected edges, radius
-    3 sigma), differentiable: what the reconstruction loss sees under frequency separation."""
-    radius = max(1, int(3 * sigma + 0.5))  # as scipy.ndimage.gaussian_filter(truncate=3)
-    taps = torch.arange(-radius, radius + 1, dtype=torch.float32, device=images.device)
-    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
-    kernel = (kernel / kernel.sum()).to(images.dtype)
-    x = F.pad(images, (radius, radius, radius, radius), mode="reflect")
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
-    return F.conv2d(x, kernel.view(1, 1, -1, 1))
 
 
 def block_power(images: torch.Tensor, block: int = 4) -> torch.Tensor:

@@ -13,6 +13,7 @@ import math
 from contextlib import nullcontext
 
 import torch
+import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
@@ -99,6 +100,19 @@ def image_seeds(images: torch.Tensor) -> list[int]:
     return [int(seed) for seed in ((levels * weights).sum(1) % (2 ** 31)).tolist()]
 
 
+def low_pass(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(B, 1, H, W) through a separable Gaussian of ``sigma`` pixels (reflected edges, radius
+    3 sigma), differentiable: what the reconstruction loss sees under frequency separation, and
+    what the detail head's ``highpass`` takes out of its correction."""
+    radius = max(1, int(3 * sigma + 0.5))  # as scipy.ndimage.gaussian_filter(truncate=3)
+    taps = torch.arange(-radius, radius + 1, dtype=torch.float32, device=images.device)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(images.dtype)
+    x = F.pad(images, (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
+    return F.conv2d(x, kernel.view(1, 1, -1, 1))
+
+
 class DetailHead(nn.Module):
     """The realistic decoder's last stage: fine detail drawn on the faithful decoder's finished
     image. It reads that image (clamped to [0, 1], as decode shows it) and ``noise`` channels of
@@ -114,11 +128,18 @@ class DetailHead(nn.Module):
     whole-slice discriminator; the output convolution starts at zero, so an untrained head is the
     identity. In eval mode each image's noise is seeded by its own content (``image_seeds``), so a
     code grid always decodes to the same image whatever batch it is in, and no two images share
-    a noise field (one fixed field for every image would be a pattern a classifier can learn)."""
+    a noise field (one fixed field for every image would be a pattern a classifier can learn).
 
-    def __init__(self, out_channels: int, channels: int, blocks: int, noise: int):
+    ``highpass`` (pixels; 0 = off): the correction minus its Gaussian blur of that sigma, so the
+    head draws only detail and the image's coarse intensity stays the faithful decoder's (the
+    low/high split of frequency separation, Fritsche et al. 2019, built in rather than asked of
+    a loss). Without it, a head trained 75 minutes darkened the brain by 1.6 grey levels and
+    flattened its 4x4-pooled contrast, which the faithful decoder matches, and a classifier
+    told its reconstructions apart at 64x64 more often than the faithful ones (0.70 vs 0.59)."""
+
+    def __init__(self, out_channels: int, channels: int, blocks: int, noise: int, highpass: float = 0.0):
         super().__init__()
-        self.noise = noise
+        self.noise, self.highpass = noise, highpass
         self.precision = "fp32"  # or "bf16": how it draws in eval (``precision.choose_detail_precision``)
         self.inp = nn.Conv2d(out_channels + noise, channels, 3, padding=1)
         self.blocks = nn.Sequential(*(ResidualBlock(channels, channels) for _ in range(blocks)))
@@ -139,7 +160,10 @@ class DetailHead(nn.Module):
         with (torch.autocast(image.device.type, dtype=torch.bfloat16)
               if not self.training and self.precision == "bf16" else nullcontext()):
             detail = self.out(self.blocks(self.inp(torch.cat([2 * shown - 1, noise], 1))))
-        return shown + detail.to(shown.dtype)
+        detail = detail.to(shown.dtype)
+        if self.highpass:
+            detail = detail - low_pass(detail, self.highpass)
+        return shown + detail
 
 
 class Decoder(nn.Module):
@@ -152,7 +176,7 @@ class Decoder(nn.Module):
     def __init__(self, out_channels, downsample, base, hidden, res_blocks, res_hidden, code_dim,
                  refine_blocks: int = 0, texture_channels: int = 0, texture_blocks: int = 2,
                  texture_noise: bool = True, detail_channels: int = 0, detail_blocks: int = 4,
-                 detail_noise: int = 4):
+                 detail_noise: int = 4, detail_highpass: float = 0.0):
         super().__init__()
         layers = [nn.Conv2d(code_dim, hidden, 3, padding=1)]
         layers += [ResidualBlock(hidden, res_hidden) for _ in range(res_blocks)]
@@ -169,7 +193,7 @@ class Decoder(nn.Module):
         self.texture_input = len(layers) - 3 if texture_channels else None
         self.texture = (TextureHead(widths[-2] if len(widths) > 1 else hidden, texture_channels, texture_blocks,
                                     out_channels, texture_noise) if texture_channels else None)
-        self.detail = (DetailHead(out_channels, detail_channels, detail_blocks, detail_noise)
+        self.detail = (DetailHead(out_channels, detail_channels, detail_blocks, detail_noise, detail_highpass)
                        if detail_channels else None)
         for block in self.refine.modules():
             if isinstance(block, ResidualBlock):
@@ -203,7 +227,8 @@ class VQVAE(nn.Module, PyTorchModelHubMixin, library_name="brainvq",
                  res_hidden: int = 64, in_channels: int = 1, ema_decay: float = 0.99,
                  commitment: float = 0.25, dead_threshold: float = 1.0, refine_blocks: int = 0,
                  texture_channels: int = 0, texture_blocks: int = 2, texture_noise: bool = True,
-                 detail_channels: int = 0, detail_blocks: int = 4, detail_noise: int = 4):
+                 detail_channels: int = 0, detail_blocks: int = 4, detail_noise: int = 4,
+                 detail_highpass: float = 0.0):
         super().__init__()
         self.downsample, self.num_codes = downsample, num_codes
         shape = (downsample, base_channels, hidden_channels, res_blocks, res_hidden, code_dim)
@@ -212,7 +237,8 @@ class VQVAE(nn.Module, PyTorchModelHubMixin, library_name="brainvq",
                                          commitment=commitment, dead_threshold=dead_threshold)
         self.decoder = Decoder(in_channels, *shape, refine_blocks=refine_blocks, texture_channels=texture_channels,
                                texture_blocks=texture_blocks, texture_noise=texture_noise,
-                               detail_channels=detail_channels, detail_blocks=detail_blocks, detail_noise=detail_noise)
+                               detail_channels=detail_channels, detail_blocks=detail_blocks, detail_noise=detail_noise,
+                               detail_highpass=detail_highpass)
 
     @property
     def bits_per_pixel(self) -> float:

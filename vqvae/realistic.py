@@ -50,6 +50,12 @@ class RealisticTraining(RunConfig, DataConfig):
     detail_channels: int = option(32, "width of the detail head at full resolution")
     detail_blocks: int = option(4, "residual blocks of the detail head")
     detail_noise: int = option(4, "channels of per-pixel Gaussian noise the head reads")
+    detail_highpass: float = option(0.0, "the head's correction loses its Gaussian blur of this sigma, so the "
+                                         "coarse image stays the faithful decoder's (0 = off)")
+    prior: str = option("", "a prior on --init's codes: its samples join the discriminator's fakes (see sample_share)")
+    samples: int = option(1024, "prior samples drawn at start-up (T = 1, at train's slice positions)")
+    sample_share: float = option(0.0, "share of each batch's generated crops drawn on prior samples, judged by "
+                                      "the discriminator only (0 = reconstructions alone)")
     crop: int = option(128, "square crop of each slice that a step trains on (0 = whole slice)")
     recon_sigma: float = option(1.0, "the reconstruction loss compares images blurred by a Gaussian of this sigma")
     recon_weight: float = option(10.0, "weight of the low-passed L1 against the adversarial loss's 1")
@@ -67,20 +73,42 @@ def build_realistic(config: RealisticTraining) -> VQVAE:
     """The faithful model's architecture plus a detail head (identity start), its weights copied in."""
     settings = json.loads((Path(config.init) / CONFIG).read_text())
     settings.update(detail_channels=config.detail_channels, detail_blocks=config.detail_blocks,
-                    detail_noise=config.detail_noise)
+                    detail_noise=config.detail_noise, detail_highpass=config.detail_highpass)
     model = VQVAE(**settings)
     load_into(model, load_model(VQVAE, config.init), new=(".detail.",))
     return model
 
 
 @torch.no_grad()
-def base_images(model: VQVAE, images: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-    """uint8 slices -> the frozen decoder's images of their codes, clamped, as float16."""
-    out = torch.empty(images.shape, dtype=torch.float16)
-    for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size].float().div(255.0)
-        out[i:i + batch_size] = model.decoder.base(model.quantizer.lookup(model.encode(x))).clamp(0.0, 1.0)
+def base_images(model: VQVAE, images: torch.Tensor | None = None, codes: torch.Tensor | None = None,
+                batch_size: int = 32) -> torch.Tensor:
+    """uint8 slices (or code grids) -> the frozen decoder's images of their codes, clamped, as float16."""
+    n = len(images if codes is None else codes)
+    f = model.downsample
+    shape = images.shape if codes is None else (n, 1, codes.shape[1] * f, codes.shape[2] * f)
+    out = torch.empty(shape, dtype=torch.float16)
+    for i in range(0, n, batch_size):
+        grid = model.encode(images[i:i + batch_size].float().div(255.0)) if codes is None else codes[i:i + batch_size]
+        out[i:i + batch_size] = model.decoder.base(model.quantizer.lookup(grid)).clamp(0.0, 1.0)
     return out
+
+
+def sample_bases(model: VQVAE, config: RealisticTraining, positions: torch.Tensor) -> torch.Tensor:
+    """The frozen decoder's images of ``config.samples`` prior samples at T = 1, their slice
+    positions drawn from ``positions`` (seeded by the run's seed, so a resumed run draws the same).
+    Why: the app shows samples by default, and a head trained on reconstructions only was told
+    apart on samples (0.895) far more often than on reconstructions (0.660); samples have no real
+    counterpart, so they answer to the discriminator alone."""
+    from .hub import load_prior
+    from .sampling import sample_codes
+    with torch.random.fork_rng():  # building the prior draws initial weights: the run's stream stays as it was
+        prior = load_prior(config.prior)
+    if prior.num_codes != model.num_codes:
+        raise ValueError(f"--prior models {prior.num_codes} codes but --init has {model.num_codes}")
+    known = positions[positions >= 0]  # slices whose file name gave no position are left out
+    generator = torch.Generator().manual_seed(config.seed)
+    chosen = known[torch.randint(len(known), (config.samples,), generator=generator)] if len(known) else None
+    return base_images(model, codes=sample_codes(prior, config.samples, chosen, seed=config.seed, batch_size=64))
 
 
 def reconstruction_loss(output: torch.Tensor, real: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -89,13 +117,15 @@ def reconstruction_loss(output: torch.Tensor, real: torch.Tensor, sigma: float) 
 
 
 def realistic_step(head, optimizer, real, base, config: RealisticTraining, autocast,
-                   discriminator=None, disc_optimizer=None) -> dict[str, float]:
+                   discriminator=None, disc_optimizer=None, sampled=None) -> dict[str, float]:
     """One step of the head on real crops and the frozen decoder's crops of them, each forward
     pass inside ``autocast()``: the discriminator's update, then the head's against the updated
     discriminator. Without a discriminator: the plain step, the reconstruction loss alone (what
-    ``benchmarks.realistic_step`` sets the adversary's cost against)."""
+    ``benchmarks.realistic_step`` sets the adversary's cost against). ``sampled``: crops of
+    prior samples' images, drawn on too; ``base`` then covers the first ``len(real) - len(sampled)``
+    real crops, and the samples' outputs meet the discriminator only."""
     with autocast():
-        output = head(base)
+        output = head(base if sampled is None else torch.cat([base, sampled]))
     output = output.float()
     n, losses = len(real), {}
     if discriminator is not None:  # real and generated crops in one batch: one set of batch statistics
@@ -113,7 +143,8 @@ def realistic_step(head, optimizer, real, base, config: RealisticTraining, autoc
         losses.update(adv=adversarial.item(), d_loss=disc_loss.item())
     else:
         adversarial = torch.zeros(())
-    recon = reconstruction_loss(output, real, config.recon_sigma)
+    paired = len(base)
+    recon = reconstruction_loss(output[:paired], real[:paired], config.recon_sigma)
     loss = adversarial + config.recon_weight * recon
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -137,15 +168,27 @@ def train_realistic(config: RealisticTraining) -> dict:
     if run.is_main:
         print(f"drawing the frozen decoder's images of {len(train)} train slices")
     bases = base_images(model, train.images)
+    sampled = None
+    if config.prior and config.sample_share > 0:
+        if run.is_main:
+            print(f"drawing {config.samples} prior samples and their frozen decoder's images")
+        sampled = sample_bases(model, config, train.positions)
+    share = round(config.sample_share * config.batch_size) if sampled is not None else 0
 
     def crops(index, window=None):
-        """The same random crop (or ``window``) of the real slices and of their frozen decoder's images."""
+        """The same random crop (or ``window``) of the real slices and of their frozen decoder's images
+        (and, with prior samples, of ``share`` random samples' images in place of the last ones)."""
         rows, cols = window or random_crop(config.crop, *train.images.shape[-2:])
         real = train.images[index][..., rows, cols].float().div(255.0).to(run.device)  # crop, then convert
-        return real, bases[index][..., rows, cols].float().to(run.device)
+        paired = len(index) - (share if window is None else 0)
+        base = bases[index[:paired]][..., rows, cols].float().to(run.device)
+        if paired == len(index):
+            return real, base, None
+        picked = torch.randint(len(sampled), (len(index) - paired,))
+        return real, base, sampled[picked][..., rows, cols].float().to(run.device)
 
     def timed_loss(probe, batch, context):
-        real, base = batch
+        real, base, _ = batch
         with context:
             output = probe.decoder.detail.requires_grad_(True).train()(base)  # a copy: the average stays frozen
         return reconstruction_loss(output.float(), real, config.recon_sigma)
@@ -161,9 +204,10 @@ def train_realistic(config: RealisticTraining) -> dict:
     head.train()
     discriminator.train()
     while not run.finished():
-        real, base = crops(run.next_batch())
+        real, base, sampled_crops = crops(run.next_batch())
         run.apply_learning_rate()
-        losses = realistic_step(head, optimizer, real, base, config, run.autocast, discriminator, disc_optimizer)
+        losses = realistic_step(head, optimizer, real, base, config, run.autocast, discriminator, disc_optimizer,
+                                sampled_crops)
         with torch.no_grad():
             for average, live in zip(model.decoder.detail.parameters(), head.parameters()):
                 average.lerp_(live, 1.0 - config.ema)
