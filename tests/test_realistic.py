@@ -125,3 +125,13 @@ def test_a_step_on_samples_fits_only_the_paired_crops():
     expected = reconstruction_loss(base, real[:3], 1.0)
     assert losses["recon"] == pytest.approx(float(expected), rel=1e-5)
     assert {"adv", "d_loss"} <= set(losses)
+
+
+def test_a_realistic_model_as_init_starts_the_head_where_it_was(faithful, oasis_like, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    realistic.main(["--data", str(oasis_like), "--init", str(faithful), *TINY_HEAD, "--out", str(first), "--epochs", "1"])
+    realistic.main(["--data", str(oasis_like), "--init", str(first / "model"), *TINY_HEAD, "--out", str(second),
+                    "--epochs", "1", "--lr", "0", "--ema", "0"])  # no update: the head as it started
+    a, b = (load_model(VQVAE, run / "model").state_dict() for run in (first, second))
+    assert any(a[name].abs().sum() > 0 for name in a if name.startswith("decoder.detail.out"))
+    assert all(torch.equal(a[name], b[name]) for name in a)

@@ -15,6 +15,17 @@ detail with real slices' statistics, from the image and per-pixel noise. Its two
   ``recon_sigma`` pixels (frequency separation, Fritsche et al. 2019): anatomy stays where the
   codes put it, detail finer than the blur answers to the discriminator alone.
 
+Two settings added after the first shipped head, each off by default:
+
+- ``detail_highpass`` (the model's ``DetailHead.highpass``): the head's correction loses its own
+  Gaussian blur, so only detail is drawn and coarse intensity stays the faithful decoder's. The
+  first head, trained on the L1 of 2-pixel blurs alone, darkened the brain and flattened its
+  coarse contrast, which the adversarial loss paid for and the blurred L1 barely noticed.
+- ``prior`` with ``sample_share``: the frozen decoder's images of prior samples (drawn once at
+  start-up) stand in for a share of each batch's reconstructions before the discriminator; they
+  have no real counterpart, so they answer to it alone. The app decodes samples by default, and
+  the first head was told apart on samples far more often than on reconstructions.
+
 The saved head is an exponential moving average of the trained one's weights (``ema``; Yazici et
 al. 2019, "The Unusual Effectiveness of Averaging in GAN Training"): the two players circle each
 other, and in a probe on this data the two-sample held-out loss of the live head fell from 0.021
