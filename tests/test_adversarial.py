@@ -6,9 +6,9 @@ import torch
 from scipy import ndimage
 from torch.nn import functional as F
 
-from vqvae.adversarial import (Adversary, PatchDiscriminator, grid_fingerprint, grid_fingerprint_loss, low_pass,
-                               random_crop, spectral_loss)
-from vqvae.model import VQVAE
+from vqvae.adversarial import (Adversary, PatchDiscriminator, grid_fingerprint, grid_fingerprint_loss, random_crop,
+                               spectral_loss)
+from vqvae.model import VQVAE, low_pass
 from vqvae.trainers import VQVAETraining, vqvae_loss
 
 

@@ -19,7 +19,7 @@ it is. Each trick is a setting of ``train.vqvae --adversarial`` with a safe defa
   real slice and of its reconstruction, a perceptual loss learned on this data (pretrained VGG /
   LPIPS networks cannot be downloaded here).
 - a delayed start: the discriminator joins after ``disc_start`` steps.
-- ``low_pass`` (frequency separation, Fritsche et al. 2019, "Frequency Separation for
+- ``model.low_pass`` (frequency separation, Fritsche et al. 2019, "Frequency Separation for
   Real-World Super-Resolution"): the reconstruction loss compares Gaussian-blurred images
   only, so detail finer than the blur answers to the discriminator alone. Without it, every
   stroke of texture the codes do not fix is paid for twice by the pixel loss (drawn where the
@@ -50,8 +50,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from .model import low_pass  # noqa: F401  (the reconstruction loss's blur; the detail head's too)
 
 
 class PatchDiscriminator(nn.Module):

@@ -261,7 +261,7 @@ def training_stages(config: dict) -> list[str]:
     budget = f"{config['minutes']} minutes" if config.get("minutes") else f"{config.get('epochs')} epochs"
     part = (" of the decoder only" if config.get("decoder_only") else
             f" of a detail head ({config.get('detail_channels')} channels) on the frozen decoder, against a "
-            f"discriminator" if "recon_sigma" in config else "")  # train.realistic's runs
+            f"discriminator" if "detail_channels" in config else "")  # train.realistic's runs
     stage = (f"{budget}{part}, batch {config.get('batch_size')}, lr {config.get('lr')}, seed {config.get('seed')}")
     started = config.get("init")
     if not started:

@@ -45,12 +45,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .adversarial import low_pass, random_crop
+from .adversarial import random_crop
 from .data import load_split
 from .generation import SliceCNN
-from .hub import CONFIG, load_model
+from .hub import CONFIG, load_model, load_prior
 from .metrics import evaluate_reconstructions
-from .model import VQVAE
+from .model import VQVAE, low_pass
+from .sampling import sample_codes
 from .training import MODEL, RunConfig, TrainingRun, load_into, option
 from .trainers import DataConfig, evaluation_subset
 
@@ -110,8 +111,6 @@ def sample_bases(model: VQVAE, config: RealisticTraining, positions: torch.Tenso
     Why: the app shows samples by default, and a head trained on reconstructions only was told
     apart on samples (0.895) far more often than on reconstructions (0.660); samples have no real
     counterpart, so they answer to the discriminator alone."""
-    from .hub import load_prior
-    from .sampling import sample_codes
     with torch.random.fork_rng():  # building the prior draws initial weights: the run's stream stays as it was
         prior = load_prior(config.prior)
     if prior.num_codes != model.num_codes:

@@ -22,13 +22,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .adversarial import Adversary, PatchDiscriminator, grid_fingerprint_loss, low_pass, spectral_loss
+from .adversarial import Adversary, PatchDiscriminator, grid_fingerprint_loss, spectral_loss
 from .codes import code_counts, codes_path, load_codes, save_codes, slice_pairs
 from .data import load_split
 from .generation import SliceCNN, position_accuracy
 from .hub import CONFIG, FREQUENCIES, load_model, load_prior
 from .metrics import evaluate_reconstructions, ssim_torch
-from .model import VQVAE
+from .model import VQVAE, low_pass
 from .prior import GatedPixelCNN, code_nll, nll_bits, unigram_bits
 from .transformer import CodeTransformer
 from .training import MODEL, RunConfig, TrainingRun, distributed_setup, load_into, option, parallel
