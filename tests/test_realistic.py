@@ -135,3 +135,31 @@ def test_a_realistic_model_as_init_starts_the_head_where_it_was(faithful, oasis_
     a, b = (load_model(VQVAE, run / "model").state_dict() for run in (first, second))
     assert any(a[name].abs().sum() > 0 for name in a if name.startswith("decoder.detail.out"))
     assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_the_histogram_loss_ignores_arrangement_and_sees_intensities():
+    from vqvae.realistic import histogram_loss
+    torch.manual_seed(0)
+    real = torch.rand(2, 1, 16, 16)
+    shuffled = real.flatten(1)[:, torch.randperm(256)].reshape(real.shape)
+    assert float(histogram_loss(shuffled, real)) == pytest.approx(0.0, abs=1e-7)  # any arrangement is real
+    assert float(histogram_loss(real + 0.1, real)) == pytest.approx(0.1, rel=1e-4)  # a shift is its size
+    bright = real.clone()
+    bright[:, :, 0, 0] = 1.5  # above the clamp: still pulled down, not lost to the clamp's zero gradient
+    bright.requires_grad_(True)
+    histogram_loss(bright, real).backward()
+    assert bright.grad[:, :, 0, 0].gt(0).all()
+
+
+def test_a_step_with_the_histogram_loss_adds_it_on_the_paired_crops():
+    from vqvae.model import DetailHead
+    from vqvae.realistic import RealisticTraining, histogram_loss, realistic_step
+    torch.manual_seed(0)
+    head = DetailHead(1, 4, 1, 2)
+    real, base, sampled = torch.rand(4, 1, 32, 32), torch.rand(3, 1, 32, 32) ** 2, torch.rand(1, 1, 32, 32)
+    config = RealisticTraining(data="", out="", init="", epochs=1, recon_sigma=1.0, histogram_weight=5.0)
+    losses = realistic_step(head, torch.optim.SGD(head.parameters(), lr=0.0), real, base, config, nullcontext,
+                            sampled=sampled)
+    expected = float(histogram_loss(base, real[:3]))
+    assert losses["hist"] == pytest.approx(expected, rel=1e-5)
+    assert losses["loss"] == pytest.approx(config.recon_weight * losses["recon"] + 5.0 * expected, rel=1e-5)
