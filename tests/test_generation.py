@@ -5,8 +5,9 @@ import torch
 from scipy import ndimage
 
 from vqvae.testing import synthetic_slice
-from vqvae.generation import (Labelled, SliceCNN, blurred, frechet_distance, frechet_from_statistics,
-                              generation_report, mean_pair_ms_ssim, nearest_ssim, subject_split, two_sample_test)
+from vqvae.generation import (SAMPLES_VS_RECONSTRUCTIONS, Labelled, SliceCNN, blurred, frechet_distance,
+                              frechet_from_statistics, generation_report, mean_pair_ms_ssim, nearest_ssim,
+                              subject_split, two_sample_test)
 from vqvae.metrics import MS_SSIM_WEIGHTS, ms_ssim_torch, ssim_torch
 
 
@@ -155,3 +156,8 @@ def test_reconstructions_are_measured_against_validate():
     assert told["frechet_reconstructions"] > exact["frechet_reconstructions"]
     row = next(r for r in told["two_sample"] if r["comparison"] == "reconstructions vs validate")
     assert row[128]["mean"] > 0.9
+    # samples (real slices here) against the marked reconstructions: one decoder's look on one side only
+    row = next(r for r in told["two_sample"] if r["comparison"] == SAMPLES_VS_RECONSTRUCTIONS)
+    assert row[128]["mean"] > 0.9
+    assert SAMPLES_VS_RECONSTRUCTIONS not in [r["comparison"] for r in generation_report(
+        validate.images[:12], train, validate, net, classifier_steps=2, pairs=8, repeats=1)["two_sample"]]

@@ -315,8 +315,10 @@ def test_position_net_and_generation_metrics_end_to_end(trained, tmp_path, capsy
                                "reference: train vs validate (real vs real)",
                                "calibration: validate blurred by 1 pixel vs validate"]
     assert comparisons[3:] == ["samples vs validate", "reconstructions vs validate",
+                               "samples vs reconstructions (one decoder: the prior's share)",
                                "realistic reconstructions vs validate",
-                               "samples decoded by the realistic decoder vs validate"]
+                               "samples decoded by the realistic decoder vs validate",
+                               "realistic decoder's samples vs its reconstructions (the prior's share)"]
     assert set(report["two_sample"][0]) == {"comparison", "256", "64"}  # JSON keys: the resolutions
     assert (trained / "generation" / "samples.png").is_file()
     push_to_hub.main(["--vqvae", str(trained / "vqvae" / "model"), "--prior", str(trained / "prior" / "model"),

@@ -57,8 +57,11 @@ def evaluate(args) -> dict:
     if args.realistic:  # the same codes and samples, drawn by the adversarially trained decoder
         realistic = load_realistic(vqvae, args.realistic)  # drawn as the app draws it
         report["realistic_precision"] = realistic.decoder.detail.precision if realistic.decoder.detail else "fp32"
-        also = {"realistic reconstructions vs validate": Labelled(decode_codes(realistic, codes), validate.subjects),
-                "samples decoded by the realistic decoder vs validate": Labelled(decode_codes(realistic, sample_grids))}
+        recs = Labelled(decode_codes(realistic, codes), validate.subjects)
+        decoded = Labelled(decode_codes(realistic, sample_grids))
+        also = {"realistic reconstructions vs validate": recs,
+                "samples decoded by the realistic decoder vs validate": decoded,
+                "realistic decoder's samples vs its reconstructions (the prior's share)": (decoded, recs)}
     report.update(generation_report(samples, Labelled(train.images, train.subjects),
                                     Labelled(validate.images, validate.subjects), feature_net, seed=args.seed,
                                     classifier_steps=args.classifier_steps, pairs=args.pairs,

@@ -226,13 +226,14 @@ def two_sample_test(first, second, repeats: int = 3, steps: int = 300, seed: int
             "loss": float(np.mean([run["loss"] for run in runs]))}
 
 
-def two_sample_table(candidates: dict[str, Labelled], train: Labelled, validate: Labelled,
-                     repeats: int = 3, steps: int = 300, seed: int = 0,
+def two_sample_table(candidates: dict[str, Labelled | tuple[Labelled, Labelled]], train: Labelled,
+                     validate: Labelled, repeats: int = 3, steps: int = 300, seed: int = 0,
                      pools: tuple[int, ...] = (1, 4)) -> list[dict]:
-    """Each candidate set against ``validate``, below the calibration rows the same run gives:
-    validate vs validate (two halves by subject: must be ~0.5), train vs validate (the
-    real-vs-real reference: different people), validate vs validate blurred by 1 pixel (must be
-    told apart at full resolution). One row per comparison, a column per resolution."""
+    """Each candidate set against ``validate`` (or a candidate pair against each other), below the
+    calibration rows the same run gives: validate vs validate (two halves by subject: must be
+    ~0.5), train vs validate (the real-vs-real reference: different people), validate vs validate
+    blurred by 1 pixel (must be told apart at full resolution). One row per comparison, a column
+    per resolution."""
     groups = validate.groups(0)  # subjects, or each image its own where names carry none
     half = torch.isin(groups, torch.unique(groups)[::2])
     rows = {
@@ -241,7 +242,7 @@ def two_sample_table(candidates: dict[str, Labelled], train: Labelled, validate:
         "reference: train vs validate (real vs real)": (train, validate),
         "calibration: validate blurred by 1 pixel vs validate":
             (Labelled(blurred(validate.images), validate.subjects), validate),
-        **{name: (images, validate) for name, images in candidates.items()},
+        **{name: sets if isinstance(sets, tuple) else (sets, validate) for name, sets in candidates.items()},
     }
     table = []
     for name, (a, b) in rows.items():
@@ -292,19 +293,25 @@ def sample_metrics(samples: torch.Tensor, train: Labelled, validate: Labelled, f
     }
 
 
+SAMPLES_VS_RECONSTRUCTIONS = "samples vs reconstructions (one decoder: the prior's share)"
+
+
 def generation_report(samples: torch.Tensor, train: Labelled, validate: Labelled,
                       feature_net: SliceCNN, seed: int = 0, classifier_steps: int = 300,
                       pairs: int = 500, repeats: int = 3,
                       reconstructions: torch.Tensor | None = None,
-                      also: dict[str, Labelled] | None = None) -> dict:
+                      also: dict[str, Labelled | tuple[Labelled, Labelled]] | None = None) -> dict:
     """Every image metric for ``samples`` beside its real-vs-real reference (``sample_metrics``)
     and the two-sample test. ``reconstructions`` (the VQ-VAE's own of validate, in validate's
-    order) add how far the decoder's look alone is from real slices; ``also`` adds more sets to
-    the two-sample test (e.g. another decoder's images)."""
+    order) add how far the decoder's look alone is from real slices, and samples against them:
+    the same decoder on both sides, so what tells them apart is the codes, the prior's share of
+    the samples' gap. ``also`` adds more sets (or pairs) to the two-sample test (e.g. another
+    decoder's images)."""
     report = sample_metrics(samples, train, validate, feature_net, seed, pairs)
     candidates = {"samples vs validate": Labelled(samples)}
     if reconstructions is not None:
         candidates["reconstructions vs validate"] = Labelled(reconstructions, validate.subjects)
+        candidates[SAMPLES_VS_RECONSTRUCTIONS] = (Labelled(samples), Labelled(reconstructions, validate.subjects))
         report["frechet_reconstructions"] = frechet_distance(batched(feature_net.features, reconstructions),
                                                              batched(feature_net.features, validate.images))
     candidates.update(also or {})
