@@ -308,10 +308,12 @@ def generation_report(samples: torch.Tensor, train: Labelled, validate: Labelled
     the samples' gap. ``also`` adds more sets (or pairs) to the two-sample test (e.g. another
     decoder's images)."""
     report = sample_metrics(samples, train, validate, feature_net, seed, pairs)
-    candidates = {"samples vs validate": Labelled(samples)}
+    sampled = Labelled(samples)
+    candidates = {"samples vs validate": sampled}
     if reconstructions is not None:
-        candidates["reconstructions vs validate"] = Labelled(reconstructions, validate.subjects)
-        candidates[SAMPLES_VS_RECONSTRUCTIONS] = (Labelled(samples), Labelled(reconstructions, validate.subjects))
+        reconstructed = Labelled(reconstructions, validate.subjects)
+        candidates["reconstructions vs validate"] = reconstructed
+        candidates[SAMPLES_VS_RECONSTRUCTIONS] = (sampled, reconstructed)
         report["frechet_reconstructions"] = frechet_distance(batched(feature_net.features, reconstructions),
                                                              batched(feature_net.features, validate.images))
     candidates.update(also or {})
