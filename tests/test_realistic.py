@@ -163,3 +163,32 @@ def test_a_step_with_the_histogram_loss_adds_it_on_the_paired_crops():
     expected = float(histogram_loss(base, real[:3]))
     assert losses["hist"] == pytest.approx(expected, rel=1e-5)
     assert losses["loss"] == pytest.approx(config.recon_weight * losses["recon"] + 5.0 * expected, rel=1e-5)
+
+
+def test_the_detail_histogram_sees_spikes_not_coarse_intensity():
+    from vqvae.realistic import detail_band, histogram_loss
+    torch.manual_seed(0)
+    real = torch.rand(2, 1, 32, 32)
+    coarse = real + torch.linspace(0, 0.3, 32).view(1, 1, 1, 32)  # a ramp: coarse, no detail of its own
+    assert float(histogram_loss(detail_band(coarse), detail_band(real))) < 1e-3
+    spiky = real.clone()
+    spiky[:, :, 8::8, 8::8] += 0.8  # isolated bright pixels: the tail a classifier finds
+    spiky.requires_grad_(True)
+    loss = histogram_loss(detail_band(spiky), detail_band(real))
+    assert float(loss) > 10 * float(histogram_loss(detail_band(coarse), detail_band(real)))
+    loss.backward()
+    assert spiky.grad[:, :, 8, 8].gt(0).all()  # each spike is pulled down
+
+
+def test_a_step_with_the_detail_histogram_adds_it_on_the_paired_crops():
+    from vqvae.model import DetailHead
+    from vqvae.realistic import RealisticTraining, detail_band, histogram_loss, realistic_step
+    torch.manual_seed(0)
+    head = DetailHead(1, 4, 1, 2)
+    real, base, sampled = torch.rand(4, 1, 32, 32), torch.rand(3, 1, 32, 32) ** 2, torch.rand(1, 1, 32, 32)
+    config = RealisticTraining(data="", out="", init="", epochs=1, recon_sigma=1.0, detail_histogram_weight=7.0)
+    losses = realistic_step(head, torch.optim.SGD(head.parameters(), lr=0.0), real, base, config, nullcontext,
+                            sampled=sampled)
+    expected = float(histogram_loss(detail_band(base), detail_band(real[:3])))
+    assert losses["detail_hist"] == pytest.approx(expected, rel=1e-5)
+    assert losses["loss"] == pytest.approx(config.recon_weight * losses["recon"] + 7.0 * expected, rel=1e-5)
