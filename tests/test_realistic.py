@@ -192,3 +192,32 @@ def test_a_step_with_the_detail_histogram_adds_it_on_the_paired_crops():
     expected = float(histogram_loss(detail_band(base), detail_band(real[:3])))
     assert losses["detail_hist"] == pytest.approx(expected, rel=1e-5)
     assert losses["loss"] == pytest.approx(config.recon_weight * losses["recon"] + 7.0 * expected, rel=1e-5)
+
+
+def test_the_r1_penalty_is_the_squared_input_gradient_of_the_real_logits():
+    from vqvae.realistic import r1_penalty
+    real = torch.rand(3, 1, 8, 8, requires_grad=True)
+    weights = torch.randn(1, 1, 8, 8)
+    logits = (real * weights).sum(dim=(1, 2, 3)) * 2.0  # d logit / d crop = 2 * weights for every crop
+    assert float(r1_penalty(logits, real)) == pytest.approx(float((2 * weights).square().sum()), rel=1e-5)
+
+
+def test_a_step_with_r1_trains_the_discriminator_towards_a_flatter_logit():
+    from vqvae.generation import SliceCNN
+    from vqvae.model import DetailHead
+    from vqvae.realistic import RealisticTraining, r1_penalty, realistic_step
+    torch.manual_seed(0)
+    real, base = torch.rand(4, 1, 32, 32), torch.rand(4, 1, 32, 32) ** 2
+
+    def run(gamma):
+        torch.manual_seed(1)
+        head, disc = DetailHead(1, 4, 1, 2), SliceCNN(num_classes=1, width=4, input_pool=1)
+        config = RealisticTraining(data="", out="", init="", epochs=1, recon_sigma=1.0, r1_gamma=gamma)
+        losses = realistic_step(head, torch.optim.SGD(head.parameters(), lr=0.0), real, base, config, nullcontext,
+                                disc, torch.optim.SGD(disc.parameters(), lr=1e-3))
+        shown = real.clone().requires_grad_(True)  # judged as in a step: beside the (identity) head's crops
+        return losses, r1_penalty(disc.judge(torch.cat([shown, base]))[:len(real)], shown).item()
+
+    plain, with_r1 = run(0.0), run(10.0)
+    assert "r1" not in plain[0] and with_r1[0]["r1"] > 0
+    assert with_r1[1] < plain[1]  # the penalised step left the logit flatter around real crops
