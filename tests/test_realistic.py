@@ -151,20 +151,6 @@ def test_the_histogram_loss_ignores_arrangement_and_sees_intensities():
     assert bright.grad[:, :, 0, 0].gt(0).all()
 
 
-def test_a_step_with_the_histogram_loss_adds_it_on_the_paired_crops():
-    from vqvae.model import DetailHead
-    from vqvae.realistic import RealisticTraining, histogram_loss, realistic_step
-    torch.manual_seed(0)
-    head = DetailHead(1, 4, 1, 2)
-    real, base, sampled = torch.rand(4, 1, 32, 32), torch.rand(3, 1, 32, 32) ** 2, torch.rand(1, 1, 32, 32)
-    config = RealisticTraining(data="", out="", init="", epochs=1, recon_sigma=1.0, histogram_weight=5.0)
-    losses = realistic_step(head, torch.optim.SGD(head.parameters(), lr=0.0), real, base, config, nullcontext,
-                            sampled=sampled)
-    expected = float(histogram_loss(base, real[:3]))
-    assert losses["hist"] == pytest.approx(expected, rel=1e-5)
-    assert losses["loss"] == pytest.approx(config.recon_weight * losses["recon"] + 5.0 * expected, rel=1e-5)
-
-
 def test_the_detail_histogram_sees_spikes_not_coarse_intensity():
     from vqvae.realistic import detail_band, histogram_loss
     torch.manual_seed(0)
@@ -180,18 +166,21 @@ def test_the_detail_histogram_sees_spikes_not_coarse_intensity():
     assert spiky.grad[:, :, 8, 8].gt(0).all()  # each spike is pulled down
 
 
-def test_a_step_with_the_detail_histogram_adds_it_on_the_paired_crops():
+@pytest.mark.parametrize("weight_option, logged, band", [("histogram_weight", "hist", False),
+                                                       ("detail_histogram_weight", "detail_hist", True)])
+def test_a_step_with_a_histogram_loss_adds_it_on_the_paired_crops(weight_option, logged, band):
     from vqvae.model import DetailHead
     from vqvae.realistic import RealisticTraining, detail_band, histogram_loss, realistic_step
     torch.manual_seed(0)
     head = DetailHead(1, 4, 1, 2)
     real, base, sampled = torch.rand(4, 1, 32, 32), torch.rand(3, 1, 32, 32) ** 2, torch.rand(1, 1, 32, 32)
-    config = RealisticTraining(data="", out="", init="", epochs=1, recon_sigma=1.0, detail_histogram_weight=7.0)
+    config = RealisticTraining(data="", out="", init="", epochs=1, recon_sigma=1.0, **{weight_option: 5.0})
     losses = realistic_step(head, torch.optim.SGD(head.parameters(), lr=0.0), real, base, config, nullcontext,
                             sampled=sampled)
-    expected = float(histogram_loss(detail_band(base), detail_band(real[:3])))
-    assert losses["detail_hist"] == pytest.approx(expected, rel=1e-5)
-    assert losses["loss"] == pytest.approx(config.recon_weight * losses["recon"] + 7.0 * expected, rel=1e-5)
+    seen = detail_band if band else (lambda images: images)
+    expected = float(histogram_loss(seen(base), seen(real[:3])))
+    assert losses[logged] == pytest.approx(expected, rel=1e-5)
+    assert losses["loss"] == pytest.approx(config.recon_weight * losses["recon"] + 5.0 * expected, rel=1e-5)
 
 
 def test_the_r1_penalty_is_the_squared_input_gradient_of_the_real_logits():

@@ -32,7 +32,7 @@ Settings added after the first shipped head, each off by default:
 - ``r1_gamma`` (``r1_penalty``): the R1 gradient penalty on real crops (Mescheder et al. 2018,
   "Which Training Methods for GANs do actually Converge?"; as StyleGAN). In every run from the
   shipped head, a fresh discriminator sat at chance for minutes, then found the head (its loss
-  0.2-0.6, the head's adversarial loss 2-5) and the head drifted without losing it: the
+  0.1-1.2, the head's adversarial loss 1.5-5) and the head drifted without losing it: the
   two-sample test then found the head's reconstructions more often (0.673-0.947 against 0.660).
   A discriminator whose logit cannot turn sharply near real slices gives the head gradients it
   can follow instead of a cliff.
