@@ -112,6 +112,31 @@ def test_a_highpassed_detail_head_draws_detail_only_and_leaves_the_coarse_image(
     assert model.decoder.detail.highpass == 2.0 and tiny(detail_channels=4).decoder.detail.highpass == 0.0
 
 
+def test_a_half_resolution_branch_starts_at_zero_and_widens_what_the_head_sees():
+    from vqvae.model import DetailHead
+    torch.manual_seed(0)
+    plain, branched = DetailHead(1, 6, 2, 2), DetailHead(1, 6, 2, 2, mid_channels=8, mid_blocks=2)
+    branched.load_state_dict(plain.state_dict(), strict=False)  # a trained head taking the branch on
+    base = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        plain.out[1].weight.normal_(std=0.1)
+        branched.out[1].weight.copy_(plain.out[1].weight)
+    assert torch.equal(plain.eval()(base), branched.eval()(base))  # where it was
+    with torch.no_grad():
+        branched.mid[-2].weight.normal_(std=0.1)
+    assert not torch.equal(plain(base), branched(base))
+
+    def reach(head):  # rows of the input that one output pixel depends on
+        image = base[:1].clone().requires_grad_(True)
+        head.train()(image)[0, 0, 32, 32].backward()
+        rows = image.grad[0, 0].abs().sum(1).nonzero()
+        return int(rows.max() - rows.min() + 1)
+    assert reach(plain) == 9  # 3x3 in, two blocks, 3x3 out
+    assert reach(branched) > 2 * reach(plain)
+    assert tiny(detail_channels=4, detail_mid_channels=8).decoder.detail.mid is not None
+    assert tiny(detail_channels=4).decoder.detail.mid is None
+
+
 def test_texture_head_starts_as_the_identity_and_draws_with_fixed_noise_in_eval():
     plain, textured = tiny(refine_blocks=1), tiny(refine_blocks=1, texture_channels=6)
     textured.load_state_dict(plain.state_dict(), strict=False)

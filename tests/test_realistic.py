@@ -127,14 +127,18 @@ def test_a_step_on_samples_fits_only_the_paired_crops():
     assert {"adv", "d_loss"} <= set(losses)
 
 
-def test_a_realistic_model_as_init_starts_the_head_where_it_was(faithful, oasis_like, tmp_path):
+@pytest.mark.parametrize("branch", [[], ["--detail-mid-channels", "8", "--detail-mid-blocks", "1"]])
+def test_a_realistic_model_as_init_starts_the_head_where_it_was(faithful, oasis_like, tmp_path, branch):
     first, second = tmp_path / "first", tmp_path / "second"
     realistic.main(["--data", str(oasis_like), "--init", str(faithful), *TINY_HEAD, "--out", str(first), "--epochs", "1"])
-    realistic.main(["--data", str(oasis_like), "--init", str(first / "model"), *TINY_HEAD, "--out", str(second),
-                    "--epochs", "1", "--lr", "0", "--ema", "0"])  # no update: the head as it started
-    a, b = (load_model(VQVAE, run / "model").state_dict() for run in (first, second))
-    assert any(a[name].abs().sum() > 0 for name in a if name.startswith("decoder.detail.out"))
-    assert all(torch.equal(a[name], b[name]) for name in a)
+    realistic.main(["--data", str(oasis_like), "--init", str(first / "model"), *TINY_HEAD, *branch, "--out",
+                    str(second), "--epochs", "1", "--lr", "0", "--ema", "0"])  # no update: the head as it started
+    a, b = (load_model(VQVAE, run / "model") for run in (first, second))
+    assert any(v.abs().sum() > 0 for name, v in a.state_dict().items() if name.startswith("decoder.detail.out"))
+    assert all(torch.equal(v, b.state_dict()[name]) for name, v in a.state_dict().items())
+    assert (b.decoder.detail.mid is not None) == bool(branch)  # a new branch (saved in config.json) ...
+    codes = torch.randint(0, a.num_codes, (2, 4, 4))
+    assert torch.equal(a.eval().decode(codes), b.eval().decode(codes))  # ... that starts at zero
 
 
 def test_the_histogram_loss_ignores_arrangement_and_sees_intensities():
@@ -161,7 +165,7 @@ def test_the_detail_histogram_sees_spikes_not_coarse_intensity():
     spiky[:, :, 8::8, 8::8] += 0.8  # isolated bright pixels: the tail a classifier finds
     spiky.requires_grad_(True)
     loss = histogram_loss(detail_band(spiky), detail_band(real))
-    assert float(loss) > 10 * float(histogram_loss(detail_band(coarse), detail_band(real)))
+    assert loss.item() > 10 * float(histogram_loss(detail_band(coarse), detail_band(real)))
     loss.backward()
     assert spiky.grad[:, :, 8, 8].gt(0).all()  # each spike is pulled down
 

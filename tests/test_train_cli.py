@@ -371,6 +371,12 @@ def test_model_card_follows_init_back_to_the_first_run(tmp_path):
     stages = hub.training_stages(json.loads((second / "run_config.json").read_text()))
     assert stages == ["30 minutes, batch 16, lr 0.002, seed 0",
                       "20 minutes of the decoder only, batch 16, lr 0.001, seed 0"]
+    head = {"minutes": 36, "batch_size": 16, "lr": 0.0002, "seed": 0, "detail_channels": 32,
+            "init_stages": stages}
+    assert hub.training_stages(head)[-1] == ("36 minutes of a detail head (32 channels) on the frozen decoder, "
+                                             "against a discriminator, batch 16, lr 0.0002, seed 0")
+    assert "(32 channels + a half-resolution branch (64 channels))" in hub.training_stages(
+        {**head, "detail_mid_channels": 64})[-1]
 
 
 def test_a_run_keeps_the_lineage_its_init_had_when_it_started(trained, oasis_like, tmp_path):

@@ -259,8 +259,10 @@ def training_stages(config: dict) -> list[str]:
     run records its --init's lineage when it starts (``init_stages``): the folder it started
     from may since have been replaced by another model (a new prior shipped in its place)."""
     budget = f"{config['minutes']} minutes" if config.get("minutes") else f"{config.get('epochs')} epochs"
+    branch = (f" + a half-resolution branch ({config['detail_mid_channels']} channels)"
+              if config.get("detail_mid_channels") else "")
     part = (" of the decoder only" if config.get("decoder_only") else
-            f" of a detail head ({config.get('detail_channels')} channels) on the frozen decoder, against a "
+            f" of a detail head ({config.get('detail_channels')} channels{branch}) on the frozen decoder, against a "
             f"discriminator" if "detail_channels" in config else "")  # train.realistic's runs
     stage = (f"{budget}{part}, batch {config.get('batch_size')}, lr {config.get('lr')}, seed {config.get('seed')}")
     started = config.get("init")

@@ -135,13 +135,30 @@ class DetailHead(nn.Module):
     low/high split of frequency separation, Fritsche et al. 2019, built in rather than asked of
     a loss). Without it, a head trained 75 minutes darkened the brain by 1.6 grey levels and
     flattened its 4x4-pooled contrast, which the faithful decoder matches, and a classifier
-    told its reconstructions apart at 64x64 more often than the faithful ones (0.70 vs 0.59)."""
+    told its reconstructions apart at 64x64 more often than the faithful ones (0.70 vs 0.59).
 
-    def __init__(self, out_channels: int, channels: int, blocks: int, noise: int, highpass: float = 0.0):
+    ``mid_channels`` (0 = off): a half-resolution branch of ``mid_blocks`` residual blocks, its
+    output added to the full-resolution features before their blocks. Why: the full-resolution
+    blocks see 13 pixels, too few to redraw a gyrus that the faithful decoder blurred over
+    several; at half resolution, three blocks of twice the width cost less than the four at full
+    resolution and the head then sees 27. The way back up is nearest upsampling of a 1x1 convolution, not a transposed
+    convolution, which draws checkerboards (Odena et al. 2016, "Deconvolution and Checkerboard
+    Artifacts"). That convolution starts at zero, so a trained head takes the branch on exactly
+    where it was (``train.realistic --init HEAD --detail-mid-channels C``)."""
+
+    def __init__(self, out_channels: int, channels: int, blocks: int, noise: int, highpass: float = 0.0,
+                 mid_channels: int = 0, mid_blocks: int = 3):
         super().__init__()
         self.noise, self.highpass = noise, highpass
         self.precision = "fp32"  # or "bf16": how it draws in eval (``precision.choose_detail_precision``)
         self.inp = nn.Conv2d(out_channels + noise, channels, 3, padding=1)
+        self.mid = None
+        if mid_channels:
+            self.mid = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, mid_channels, 3, stride=2, padding=1),
+                                     *(ResidualBlock(mid_channels, mid_channels) for _ in range(mid_blocks)),
+                                     nn.ReLU(), nn.Conv2d(mid_channels, channels, 1), nn.Upsample(scale_factor=2))
+            nn.init.zeros_(self.mid[-2].weight)
+            nn.init.zeros_(self.mid[-2].bias)
         self.blocks = nn.Sequential(*(ResidualBlock(channels, channels) for _ in range(blocks)))
         self.out = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
         nn.init.zeros_(self.out[1].weight)
@@ -159,7 +176,10 @@ class DetailHead(nn.Module):
         # (not autocast(enabled=False) in fp32: inside a trainer's bf16 autocast that would switch it off)
         with (torch.autocast(image.device.type, dtype=torch.bfloat16)
               if not self.training and self.precision == "bf16" else nullcontext()):
-            detail = self.out(self.blocks(self.inp(torch.cat([2 * shown - 1, noise], 1))))
+            features = self.inp(torch.cat([2 * shown - 1, noise], 1))
+            if self.mid is not None:
+                features = features + self.mid(features)
+            detail = self.out(self.blocks(features))
         detail = detail.to(shown.dtype)
         if self.highpass:
             detail = detail - low_pass(detail, self.highpass)
@@ -176,7 +196,8 @@ class Decoder(nn.Module):
     def __init__(self, out_channels, downsample, base, hidden, res_blocks, res_hidden, code_dim,
                  refine_blocks: int = 0, texture_channels: int = 0, texture_blocks: int = 2,
                  texture_noise: bool = True, detail_channels: int = 0, detail_blocks: int = 4,
-                 detail_noise: int = 4, detail_highpass: float = 0.0):
+                 detail_noise: int = 4, detail_highpass: float = 0.0, detail_mid_channels: int = 0,
+                 detail_mid_blocks: int = 3):
         super().__init__()
         layers = [nn.Conv2d(code_dim, hidden, 3, padding=1)]
         layers += [ResidualBlock(hidden, res_hidden) for _ in range(res_blocks)]
@@ -193,8 +214,8 @@ class Decoder(nn.Module):
         self.texture_input = len(layers) - 3 if texture_channels else None
         self.texture = (TextureHead(widths[-2] if len(widths) > 1 else hidden, texture_channels, texture_blocks,
                                     out_channels, texture_noise) if texture_channels else None)
-        self.detail = (DetailHead(out_channels, detail_channels, detail_blocks, detail_noise, detail_highpass)
-                       if detail_channels else None)
+        self.detail = (DetailHead(out_channels, detail_channels, detail_blocks, detail_noise, detail_highpass,
+                                  detail_mid_channels, detail_mid_blocks) if detail_channels else None)
         for block in self.refine.modules():
             if isinstance(block, ResidualBlock):
                 nn.init.zeros_(block.block[-1].weight)
@@ -228,7 +249,7 @@ class VQVAE(nn.Module, PyTorchModelHubMixin, library_name="brainvq",
                  commitment: float = 0.25, dead_threshold: float = 1.0, refine_blocks: int = 0,
                  texture_channels: int = 0, texture_blocks: int = 2, texture_noise: bool = True,
                  detail_channels: int = 0, detail_blocks: int = 4, detail_noise: int = 4,
-                 detail_highpass: float = 0.0):
+                 detail_highpass: float = 0.0, detail_mid_channels: int = 0, detail_mid_blocks: int = 3):
         super().__init__()
         self.downsample, self.num_codes = downsample, num_codes
         shape = (downsample, base_channels, hidden_channels, res_blocks, res_hidden, code_dim)
@@ -238,7 +259,8 @@ class VQVAE(nn.Module, PyTorchModelHubMixin, library_name="brainvq",
         self.decoder = Decoder(in_channels, *shape, refine_blocks=refine_blocks, texture_channels=texture_channels,
                                texture_blocks=texture_blocks, texture_noise=texture_noise,
                                detail_channels=detail_channels, detail_blocks=detail_blocks, detail_noise=detail_noise,
-                               detail_highpass=detail_highpass)
+                               detail_highpass=detail_highpass, detail_mid_channels=detail_mid_channels,
+                               detail_mid_blocks=detail_mid_blocks)
 
     @property
     def bits_per_pixel(self) -> float:

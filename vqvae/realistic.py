@@ -87,6 +87,10 @@ class RealisticTraining(RunConfig, DataConfig):
     detail_noise: int = option(4, "channels of per-pixel Gaussian noise the head reads")
     detail_highpass: float = option(0.0, "the head's correction loses its Gaussian blur of this sigma, so the "
                                          "coarse image stays the faithful decoder's (0 = off)")
+    detail_mid_channels: int = option(0, "width of the head's half-resolution branch, which sees gyri the "
+                                         "full-resolution blocks cannot (0 = none; it starts at zero, so --init "
+                                         "from a trained head starts where it was)")
+    detail_mid_blocks: int = option(3, "residual blocks of the half-resolution branch")
     prior: str = option("", "a prior on --init's codes: its samples join the discriminator's fakes (see sample_share)")
     samples: int = option(1024, "prior samples drawn at start-up (T = 1, at train's slice positions)")
     sample_share: float = option(0.0, "share of each batch's generated crops drawn on prior samples, judged by "
@@ -115,7 +119,8 @@ def build_realistic(config: RealisticTraining) -> VQVAE:
     """The faithful model's architecture plus a detail head (identity start), its weights copied in."""
     settings = json.loads((Path(config.init) / CONFIG).read_text())
     settings.update(detail_channels=config.detail_channels, detail_blocks=config.detail_blocks,
-                    detail_noise=config.detail_noise, detail_highpass=config.detail_highpass)
+                    detail_noise=config.detail_noise, detail_highpass=config.detail_highpass,
+                    detail_mid_channels=config.detail_mid_channels, detail_mid_blocks=config.detail_mid_blocks)
     model = VQVAE(**settings)
     load_into(model, load_model(VQVAE, config.init), new=(".detail.",))
     return model
