@@ -32,6 +32,14 @@ class ResidualBlock(nn.Module):
         return x + self.block(x)
 
 
+def zero_start(layer: nn.Module) -> nn.Module:
+    """``layer`` with its weight and bias zeroed: the last layer of a part added to a trained
+    model, so that the model with the part is exactly the model without it until it trains."""
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
 def stage_widths(downsample: int, base: int, hidden: int) -> list[int]:
     """Channels after each stride-2 stage: doubling from ``base``, ending at ``hidden``."""
     stages = int(math.log2(downsample))
@@ -77,9 +85,7 @@ class TextureHead(nn.Module):
         self.up = nn.ConvTranspose2d(in_channels, channels, 4, stride=2, padding=1)
         self.blocks = nn.Sequential(*(ResidualBlock(channels, channels) for _ in range(blocks)))
         self.noise_scale = nn.Parameter(torch.zeros(channels)) if noise else None
-        self.out = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
-        nn.init.zeros_(self.out[1].weight)
-        nn.init.zeros_(self.out[1].bias)
+        self.out = nn.Sequential(nn.ReLU(), zero_start(nn.Conv2d(channels, out_channels, 3, padding=1)))
 
     def forward(self, features):
         h = self.up(torch.relu(features))
@@ -158,13 +164,10 @@ class DetailHead(nn.Module):
         if mid_channels:
             self.mid = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, mid_channels, 3, stride=2, padding=1),
                                      *(ResidualBlock(mid_channels, mid_channels) for _ in range(mid_blocks)),
-                                     nn.ReLU(), nn.Conv2d(mid_channels, channels, 1), nn.Upsample(scale_factor=2))
-            nn.init.zeros_(self.mid[-2].weight)
-            nn.init.zeros_(self.mid[-2].bias)
+                                     nn.ReLU(), zero_start(nn.Conv2d(mid_channels, channels, 1)),
+                                     nn.Upsample(scale_factor=2))
         self.blocks = nn.Sequential(*(ResidualBlock(channels, channels) for _ in range(blocks)))
-        self.out = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
-        nn.init.zeros_(self.out[1].weight)
-        nn.init.zeros_(self.out[1].bias)
+        self.out = nn.Sequential(nn.ReLU(), zero_start(nn.Conv2d(channels, out_channels, 3, padding=1)))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         shown = image.clamp(0.0, 1.0)  # the detail is drawn on what decode would show
@@ -220,8 +223,7 @@ class Decoder(nn.Module):
                                   detail_mid_channels, detail_mid_blocks) if detail_channels else None)
         for block in self.refine.modules():
             if isinstance(block, ResidualBlock):
-                nn.init.zeros_(block.block[-1].weight)
-                nn.init.zeros_(block.block[-1].bias)
+                zero_start(block.block[-1])
 
     def forward(self, z, texture: bool = True):
         """``texture=False``: the base decoder's output alone, without the texture and detail
