@@ -101,6 +101,17 @@ def test_nifti_faults(tmp_path):
         upload.read_upload(tmp_path / "junk.nii.gz")
 
 
+def test_a_read_only_upload_array_becomes_a_batch_without_a_warning():
+    import warnings
+    from vqvae.images import slice_tensor
+    image = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    image.flags.writeable = False  # as decoded uploads can be
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        batch = slice_tensor(image)
+    assert batch.shape == (1, 1, 3, 4) and torch.equal(batch[0, 0], torch.from_numpy(image.copy()).float() / 255)
+
+
 def test_reconstruct_slice_with_searched_codes(tiny_models):
     """Searched codes decode at least as well as the encoder's, which stay on hand ("encoded")
     for the prior's surprise map."""

@@ -25,8 +25,9 @@ def to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def slice_tensor(image: np.ndarray) -> torch.Tensor:
-    """One (H, W) uint8 slice -> the (1, 1, H, W) float batch a model takes."""
-    return to_unit(torch.from_numpy(np.ascontiguousarray(image)))[None, None]
+    """One (H, W) uint8 slice -> the (1, 1, H, W) float batch a model takes. A copy: an upload's
+    array may be read-only, which torch.from_numpy warns about (and must never write through)."""
+    return to_unit(torch.from_numpy(np.array(image)))[None, None]
 
 
 def hot(level: np.ndarray) -> np.ndarray:
