@@ -214,3 +214,77 @@ def test_a_step_with_r1_trains_the_discriminator_towards_a_flatter_logit():
     plain, with_r1 = run(0.0), run(10.0)
     assert "r1" not in plain[0] and with_r1[0]["r1"] > 0
     assert with_r1[1] < plain[1]  # the penalised step left the logit flatter around real crops
+
+
+def test_restarts_are_staggered_seeded_and_clear_the_adam_state():
+    from vqvae.realistic import RealisticTraining, restart_discriminators
+    config = RealisticTraining(data="", out="", init="", epochs=1, disc_width=4, discriminators=2, disc_reset_steps=4)
+    judges = [SliceCNN(num_classes=1, width=4, input_pool=1) for _ in range(2)]
+    optimizers = [torch.optim.Adam(judge.parameters()) for judge in judges]
+    for judge, optimizer in zip(judges, optimizers):
+        judge(torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8)).sum().backward()
+        optimizer.step()
+    schedule = {step: restart_discriminators(judges, optimizers, config, step) for step in range(9)}
+    assert schedule == {0: [], 1: [], 2: [1], 3: [], 4: [0], 5: [], 6: [1], 7: [], 8: [0]}  # ages stay apart
+    assert not optimizers[0].state and not optimizers[1].state  # Adam starts afresh with the weights
+    state = torch.random.get_rng_state()
+    restart_discriminators(judges, optimizers, config, 8)
+    assert torch.equal(state, torch.random.get_rng_state())  # the run's random stream is left alone
+    again = [SliceCNN(num_classes=1, width=4, input_pool=1) for _ in range(2)]
+    restart_discriminators(again, [torch.optim.Adam(j.parameters()) for j in again], config, 8)
+    assert all(torch.equal(a, b) for a, b in zip(judges[0].state_dict().values(), again[0].state_dict().values()))
+    restart_discriminators(again, [torch.optim.Adam(j.parameters()) for j in again], config, 12)
+    assert not torch.equal(judges[0].out.weight, again[0].out.weight)  # each restart its own draw
+    assert restart_discriminators(judges, optimizers, RealisticTraining(data="", out="", init="", epochs=1), 8) == []
+
+
+def test_several_discriminators_each_train_and_the_head_meets_their_mean():
+    import copy
+    from vqvae.model import DetailHead
+    from vqvae.realistic import RealisticTraining, realistic_step
+    torch.manual_seed(0)
+    real, base = torch.rand(4, 1, 32, 32), torch.rand(4, 1, 32, 32) ** 2
+    config = RealisticTraining(data="", out="", init="", epochs=1, recon_sigma=1.0)
+    head = DetailHead(1, 4, 1, 2)
+    first, second = SliceCNN(num_classes=1, width=4, input_pool=1), SliceCNN(num_classes=1, width=4, input_pool=1)
+
+    def step(judges):
+        judges = copy.deepcopy(judges)
+        torch.manual_seed(1)  # the head's noise
+        losses = realistic_step(head, torch.optim.SGD(head.parameters(), lr=0.0), real, base, config, nullcontext,
+                                judges, [torch.optim.SGD(j.parameters(), lr=1e-2) for j in judges])
+        return losses, judges
+
+    alone = [step([judge]) for judge in (first, second)]
+    both, trained = step([first, second])
+    assert both["adv"] == pytest.approx((alone[0][0]["adv"] + alone[1][0]["adv"]) / 2, rel=1e-5)
+    assert both["d_loss"] == pytest.approx((alone[0][0]["d_loss"] + alone[1][0]["d_loss"]) / 2, rel=1e-5)
+    for judge, (_, (trained_alone,)) in zip(trained, alone):  # each updated as if it were the only one
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(judge.parameters(), trained_alone.parameters()))
+    assert not torch.equal(trained[0].out.weight, first.out.weight)
+
+
+def test_restarted_discriminators_resume_exactly_and_are_checkpointed(faithful, oasis_like, tmp_path):
+    settings = ["--data", str(oasis_like), "--init", str(faithful), *TINY_HEAD, "--discriminators", "2",
+                "--disc-reset-steps", "2"]  # 3 steps an epoch: restarts on both sides of the resume
+    whole, split, kept = tmp_path / "whole", tmp_path / "split", tmp_path / "kept"
+    realistic.main([*settings, "--out", str(whole), "--epochs", "2"])
+    realistic.main([*settings, "--out", str(split), "--epochs", "1"])
+    realistic.main([*settings, "--out", str(split), "--epochs", "2", "--resume"])
+    realistic.main([*settings[:-1], "0", "--out", str(kept), "--epochs", "2"])
+    a, b, c = (load_model(VQVAE, run / "model").state_dict() for run in (whole, split, kept))
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    assert not all(torch.equal(a[name], c[name]) for name in a)  # the restarts reach the head
+    state = torch.load(whole / "checkpoint.pt", weights_only=True)
+    assert set(state["companions"]) == {"head", "discriminator", "disc_optimizer", "discriminator1",
+                                        "disc_optimizer1"}
+
+
+@pytest.mark.parametrize("bad", [["--discriminators", "0"], ["--disc-reset-steps", "-1"],
+                                 ["--discriminators", "3", "--disc-reset-steps", "2"]])
+def test_bad_discriminator_settings_are_refused_with_the_option_named(bad):
+    from vqvae.realistic import RealisticTraining
+    flags = dict(zip(bad[::2], bad[1::2]))
+    settings = {name.lstrip("-").replace("-", "_"): int(value) for name, value in flags.items()}
+    with pytest.raises(ValueError, match=bad[0]):
+        RealisticTraining(data="", out="", init="", epochs=1, **settings)

@@ -111,12 +111,26 @@ class RealisticTraining(RunConfig, DataConfig):
                                   "discriminator's logit in real crops (0 = off)")
     disc_lr: float = option(2e-4, "discriminator learning rate (Adam, betas 0.5, 0.9)")
     disc_width: int = option(32, "width of the discriminator (SliceCNN's)")
+    discriminators: int = option(1, "discriminators the head meets, its adversarial loss their mean; with "
+                                    "--disc-reset-steps their restarts are staggered evenly")
+    disc_reset_steps: int = option(0, "start each discriminator afresh (new weights, new Adam state) every this "
+                                      "many steps, so the head always meets young classifiers, as the two-sample "
+                                      "test's is (0 = never)")
     lr: float = option(2e-4, "peak learning rate of the detail head (Adam, betas 0.5, 0.9)")
     ema: float = option(0.999, "decay of the moving average of the head's weights that is evaluated and saved "
                                 "(0 = the trained weights themselves)")
     eval_images: int = option(128, "validate images of the periodic evaluation (0 = all)")
     eval_minutes: float = option(10.0, "evaluate and checkpoint every this much training time")
     skip_bad: bool = option(False, "leave out unreadable or wrongly sized images (with a warning and a count)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.discriminators < 1:
+            raise ValueError("--discriminators must be at least 1")
+        if self.disc_reset_steps < 0:
+            raise ValueError("--disc-reset-steps must be 0 (never) or positive")
+        if self.disc_reset_steps and self.disc_reset_steps < self.discriminators:
+            raise ValueError("--disc-reset-steps must be at least --discriminators: their restarts are staggered")
 
 
 def build_realistic(config: RealisticTraining) -> VQVAE:
@@ -197,31 +211,40 @@ def realistic_step(head, optimizer, real, base, config: RealisticTraining, autoc
     discriminator. Without a discriminator: the plain step, the reconstruction loss alone (what
     ``benchmarks.realistic_step`` sets the adversary's cost against). ``sampled``: crops of
     prior samples' images, drawn on too; ``base`` then covers the first ``len(real) - len(sampled)``
-    real crops, and the samples' outputs meet the discriminator only."""
+    real crops, and the samples' outputs meet the discriminator only. ``discriminator`` and
+    ``disc_optimizer`` may be lists (``discriminators``): each is updated, and the head's
+    adversarial loss is the mean of theirs."""
     with autocast():
         output = head(base if sampled is None else torch.cat([base, sampled]))
     output = output.float()
     n, losses = len(real), {}
-    if discriminator is not None:  # real and generated crops in one batch: one set of batch statistics
-        shown_real = real.detach().requires_grad_(True) if config.r1_gamma else real
-        with autocast():
-            logits = discriminator.judge(torch.cat([shown_real, output.detach().clamp(0.0, 1.0)])).float()
-        disc_loss = F.softplus(-logits[:n]).mean() + F.softplus(logits[n:]).mean()
-        if config.r1_gamma:
-            penalty = r1_penalty(logits[:n], shown_real)
-            disc_loss = disc_loss + 0.5 * config.r1_gamma * penalty
-            losses.update(r1=penalty.item())
-        disc_optimizer.zero_grad(set_to_none=True)
-        disc_loss.backward()
-        disc_optimizer.step()
-        discriminator.requires_grad_(False)
-        with autocast():
-            logits = discriminator.judge(torch.cat([real, output.clamp(0.0, 1.0)])).float()
-        discriminator.requires_grad_(True)
-        adversarial = F.softplus(-logits[n:]).mean()  # non-saturating
-        losses.update(adv=adversarial.item(), d_loss=disc_loss.item())
-    else:
-        adversarial = torch.zeros(())
+    adversarial = torch.zeros(())
+    if discriminator is not None:
+        judges = discriminator if isinstance(discriminator, (list, tuple)) else [discriminator]
+        optimizers = disc_optimizer if isinstance(disc_optimizer, (list, tuple)) else [disc_optimizer]
+        disc_losses, penalties = [], []
+        for judge, judge_optimizer in zip(judges, optimizers, strict=True):
+            # real and generated crops in one batch: one set of batch statistics
+            shown_real = real.detach().requires_grad_(True) if config.r1_gamma else real
+            with autocast():
+                logits = judge.judge(torch.cat([shown_real, output.detach().clamp(0.0, 1.0)])).float()
+            disc_loss = F.softplus(-logits[:n]).mean() + F.softplus(logits[n:]).mean()
+            disc_losses.append(disc_loss.item())
+            if config.r1_gamma:
+                penalty = r1_penalty(logits[:n], shown_real)
+                disc_loss = disc_loss + 0.5 * config.r1_gamma * penalty
+                penalties.append(penalty.item())
+            judge_optimizer.zero_grad(set_to_none=True)
+            disc_loss.backward()
+            judge_optimizer.step()
+            judge.requires_grad_(False)
+            with autocast():
+                logits = judge.judge(torch.cat([real, output.clamp(0.0, 1.0)])).float()
+            judge.requires_grad_(True)
+            adversarial = adversarial + F.softplus(-logits[n:]).mean() / len(judges)  # non-saturating
+        losses.update(adv=adversarial.item(), d_loss=sum(disc_losses) / len(judges))
+        if penalties:
+            losses.update(r1=sum(penalties) / len(penalties))
     paired = len(base)
     recon = reconstruction_loss(output[:paired], real[:paired], config.recon_sigma)
     loss = adversarial + config.recon_weight * recon
@@ -239,6 +262,33 @@ def realistic_step(head, optimizer, real, base, config: RealisticTraining, autoc
     return {"loss": loss.item(), "recon": recon.item(), **losses}
 
 
+def restart_discriminators(judges, optimizers, config: RealisticTraining, step: int) -> list[int]:
+    """Start afresh each discriminator whose turn it is at ``step`` (every ``disc_reset_steps``,
+    the i-th of K offset by i/K of that, so their ages stay evenly spread): new weights, seeded by
+    the run's seed, the step and its index (a resumed run restarts them alike, and the run's own
+    random stream is untouched), batch statistics and Adam state cleared. Returns the indices
+    restarted. Why: the two-sample test judges the head with a fresh classifier trained for 300
+    steps, while in the runs from the shipped head one discriminator trained alongside it for
+    thousands: it sat at chance, then pulled ahead, and the head drifted into texture a fresh
+    classifier also finds. Young discriminators are the test's kind; several, with staggered
+    restarts, leave the head always one that has learned something (several discriminators:
+    Durugkar et al. 2017, "Generative Multi-Adversarial Networks")."""
+    period = config.disc_reset_steps
+    if not period or step == 0:
+        return []
+    restarted = []
+    for i, (judge, judge_optimizer) in enumerate(zip(judges, optimizers)):
+        if (step + i * period // len(judges)) % period:
+            continue
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed * 1_000_003 + step * 101 + i)
+            fresh = SliceCNN(num_classes=1, width=config.disc_width, input_pool=1)
+        judge.load_state_dict(fresh.state_dict())
+        judge_optimizer.state.clear()
+        restarted.append(i)
+    return restarted
+
+
 def train_realistic(config: RealisticTraining) -> dict:
     config.start()
     train, validate = (load_split(config.data, split, limit=config.limit, progress=config.progress,
@@ -247,10 +297,13 @@ def train_realistic(config: RealisticTraining) -> dict:
     model.requires_grad_(False)  # its detail head holds the moving average: what is evaluated and saved
     head = copy.deepcopy(model.decoder.detail).requires_grad_(True)  # the weights that train
     optimizer = torch.optim.Adam(head.parameters(), lr=config.lr, betas=(0.5, 0.9))
-    discriminator = SliceCNN(num_classes=1, width=config.disc_width, input_pool=1)
-    disc_optimizer = torch.optim.Adam(discriminator.parameters(), lr=config.disc_lr, betas=(0.5, 0.9))
-    run = TrainingRun(config, model, optimizer, len(train),
-                      {"head": head, "discriminator": discriminator, "disc_optimizer": disc_optimizer})
+    judges = [SliceCNN(num_classes=1, width=config.disc_width, input_pool=1) for _ in range(config.discriminators)]
+    judge_optimizers = [torch.optim.Adam(judge.parameters(), lr=config.disc_lr, betas=(0.5, 0.9)) for judge in judges]
+    companions = {"head": head}
+    for i, (judge, judge_optimizer) in enumerate(zip(judges, judge_optimizers)):
+        suffix = str(i) if i else ""  # the first keeps the names a single discriminator's checkpoint has
+        companions.update({f"discriminator{suffix}": judge, f"disc_optimizer{suffix}": judge_optimizer})
+    run = TrainingRun(config, model, optimizer, len(train), companions)
     model.eval()
     if run.is_main:
         print(f"drawing the frozen decoder's images of {len(train)} train slices")
@@ -289,11 +342,13 @@ def train_realistic(config: RealisticTraining) -> dict:
         return {k: metrics[k] for k in ("ssim", "ssim_brain", "psnr")}
 
     head.train()
-    discriminator.train()
+    for judge in judges:
+        judge.train()
     while not run.finished():
         real, base, sampled_crops = crops(run.next_batch())
         run.apply_learning_rate()
-        losses = realistic_step(head, optimizer, real, base, config, run.autocast, discriminator, disc_optimizer,
+        restart_discriminators(judges, judge_optimizers, config, run.step)
+        losses = realistic_step(head, optimizer, real, base, config, run.autocast, judges, judge_optimizers,
                                 sampled_crops)
         with torch.no_grad():
             for average, live in zip(model.decoder.detail.parameters(), head.parameters()):
