@@ -277,8 +277,8 @@ def restart_discriminators(judges, optimizers, config: RealisticTraining, step: 
     restarted. Why: the two-sample test judges the head with a fresh classifier trained for 300
     steps, while in the runs from the shipped head one discriminator trained alongside it for
     thousands: it sat at chance, then pulled ahead, and the head drifted into texture a fresh
-    classifier also finds. Young discriminators are the test's kind; several, with staggered
-    restarts, leave the head always one that has learned something (several discriminators:
+    classifier also finds. Young discriminators are the test's kind; with several, restarted in
+    turn, one of them has always trained for a while (several discriminators:
     Durugkar et al. 2017, "Generative Multi-Adversarial Networks")."""
     period = config.disc_reset_steps
     if not period or step == 0:
