@@ -272,6 +272,11 @@ def realistic_step(head, optimizer, real, base, config: RealisticTraining, autoc
     return {"loss": loss.item(), "recon": recon.item(), **losses}
 
 
+def new_discriminator(config: RealisticTraining) -> SliceCNN:
+    """One discriminator of the run's width, in the two-sample classifier's shape: one logit."""
+    return SliceCNN(num_classes=1, width=config.disc_width, input_pool=1)
+
+
 def restart_discriminators(judges, optimizers, config: RealisticTraining, step: int) -> list[int]:
     """Start afresh each discriminator whose turn it is at ``step`` (every ``disc_reset_steps``,
     the i-th of K offset by i/K of that, so their ages stay evenly spread): new weights, seeded by
@@ -292,7 +297,7 @@ def restart_discriminators(judges, optimizers, config: RealisticTraining, step: 
             continue
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed * 1_000_003 + step * 101 + i)
-            fresh = SliceCNN(num_classes=1, width=config.disc_width, input_pool=1)
+            fresh = new_discriminator(config)
         judge.load_state_dict(fresh.state_dict())
         judge_optimizer.state.clear()
         restarted.append(i)
@@ -307,7 +312,7 @@ def train_realistic(config: RealisticTraining) -> dict:
     model.requires_grad_(False)  # its detail head holds the moving average: what is evaluated and saved
     head = copy.deepcopy(model.decoder.detail).requires_grad_(True)  # the weights that train
     optimizer = torch.optim.Adam(head.parameters(), lr=config.lr, betas=(0.5, 0.9))
-    judges = [SliceCNN(num_classes=1, width=config.disc_width, input_pool=1) for _ in range(config.discriminators)]
+    judges = [new_discriminator(config) for _ in range(config.discriminators)]
     judge_optimizers = [torch.optim.Adam(judge.parameters(), lr=config.disc_lr, betas=(0.5, 0.9)) for judge in judges]
     companions = {"head": head}
     for i, (judge, judge_optimizer) in enumerate(zip(judges, judge_optimizers)):
