@@ -170,21 +170,38 @@ def test_the_detail_histogram_sees_spikes_not_coarse_intensity():
     assert spiky.grad[:, :, 8, 8].gt(0).all()  # each spike is pulled down
 
 
-@pytest.mark.parametrize("weight_option, logged, band", [("histogram_weight", "hist", False),
-                                                       ("detail_histogram_weight", "detail_hist", True)])
-def test_a_step_with_a_histogram_loss_adds_it_on_the_paired_crops(weight_option, logged, band):
+def test_the_texture_loss_sees_orientation_and_amount_of_detail_not_its_phase():
+    from vqvae.realistic import texture_loss
+    rows = torch.arange(32.0).view(1, 1, 32, 1).expand(2, 1, 32, 32)
+    horizontal = 0.5 + 0.1 * torch.sin(rows * torch.pi / 2)  # stripes of period 4: whole periods in a patch
+    shifted = 0.5 + 0.1 * torch.sin((rows + 1) * torch.pi / 2)  # the same texture, another phase
+    vertical = horizontal.transpose(-1, -2)  # the same amount of detail, turned
+    assert float(texture_loss(shifted, horizontal)) < 2e-3  # (the reflected edges differ a little)
+    assert float(texture_loss(vertical, horizontal)) > 10 * float(texture_loss(shifted, horizontal))
+    stronger = 0.5 + 0.2 * torch.sin(rows * torch.pi / 2)
+    assert float(texture_loss(stronger, horizontal)) > 10 * float(texture_loss(shifted, horizontal))  # twice as strong
+    output = horizontal.clone().requires_grad_(True)
+    texture_loss(output, vertical).backward()
+    assert output.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("weight_option, logged", [("histogram_weight", "hist"),
+                                                   ("detail_histogram_weight", "detail_hist"),
+                                                   ("texture_weight", "texture")])
+def test_a_step_with_a_statistics_loss_adds_it_on_the_paired_crops(weight_option, logged):
     from vqvae.model import DetailHead
-    from vqvae.realistic import RealisticTraining, detail_band, histogram_loss, realistic_step
+    from vqvae.realistic import RealisticTraining, detail_band, histogram_loss, realistic_step, texture_loss
     torch.manual_seed(0)
     head = DetailHead(1, 4, 1, 2)
     real, base, sampled = torch.rand(4, 1, 32, 32), torch.rand(3, 1, 32, 32) ** 2, torch.rand(1, 1, 32, 32)
     config = RealisticTraining(data="", out="", init="", epochs=1, recon_sigma=1.0, **{weight_option: 5.0})
     losses = realistic_step(head, torch.optim.SGD(head.parameters(), lr=0.0), real, base, config, nullcontext,
                             sampled=sampled)
-    seen = detail_band if band else (lambda images: images)
-    expected = float(histogram_loss(seen(base), seen(real[:3])))
-    assert losses[logged] == pytest.approx(expected, rel=1e-5)
-    assert losses["loss"] == pytest.approx(config.recon_weight * losses["recon"] + 5.0 * expected, rel=1e-5)
+    expected = {"hist": lambda: histogram_loss(base, real[:3]),
+                "detail_hist": lambda: histogram_loss(detail_band(base), detail_band(real[:3])),
+                "texture": lambda: texture_loss(base, real[:3])}[logged]()  # the identity head: output = base
+    assert losses[logged] == pytest.approx(float(expected), rel=1e-5)
+    assert losses["loss"] == pytest.approx(config.recon_weight * losses["recon"] + 5.0 * float(expected), rel=1e-5)
 
 
 def test_the_r1_penalty_is_the_squared_input_gradient_of_the_real_logits():

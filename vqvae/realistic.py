@@ -117,6 +117,9 @@ class RealisticTraining(RunConfig, DataConfig):
     detail_histogram_weight: float = option(0.0, "weight of the histogram loss on the detail band (each crop minus "
                                                  "its 1-pixel Gaussian blur): the spread and tails of fine detail "
                                                  "(0 = off)")
+    texture_weight: float = option(0.0, "weight of the texture loss: local second-order statistics of fine detail "
+                                        "(an oriented filter bank's Gram matrices on 16-pixel patches) matched "
+                                        "to the real crop's (0 = off)")
     r1_gamma: float = option(0.0, "weight gamma of the R1 penalty, gamma / 2 x the squared gradient of the "
                                   "discriminator's logit in real crops (0 = off)")
     disc_lr: float = option(2e-4, "discriminator learning rate (Adam, betas 0.5, 0.9)")
@@ -214,6 +217,44 @@ def detail_band(images: torch.Tensor) -> torch.Tensor:
     return images - low_pass(images, 1.0)
 
 
+def _filter_bank() -> torch.Tensor:
+    """Five 3x3 filters of fine detail: the two gradients, the two diagonals, the Laplacian."""
+    bank = torch.zeros(5, 1, 3, 3)
+    bank[0, 0, 1] = torch.tensor([-0.5, 0.0, 0.5])
+    bank[1, 0, :, 1] = torch.tensor([-0.5, 0.0, 0.5])
+    bank[2, 0, 0, 0], bank[2, 0, 2, 2] = -0.5, 0.5
+    bank[3, 0, 0, 2], bank[3, 0, 2, 0] = -0.5, 0.5
+    bank[4, 0] = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]) / 4
+    return bank
+
+
+def texture_statistics(images: torch.Tensor, patch: int = 16) -> torch.Tensor:
+    """(B, 1, H, W) -> each ``patch``-pixel patch's Gram matrix of the filter bank's responses at
+    full and half resolution (its upper triangle, 30 numbers), as signed square roots so that a
+    patch's statistics weigh like its detail's amplitude, not its square."""
+    bank = _filter_bank().to(images.device, images.dtype)
+    grams = []
+    for image, size in ((images, patch), (F.avg_pool2d(images, 2), patch // 2)):
+        responses = F.conv2d(F.pad(image, (1, 1, 1, 1), mode="reflect"), bank)
+        rows, cols = torch.triu_indices(len(bank), len(bank))
+        grams.append(F.avg_pool2d(responses[:, rows] * responses[:, cols], size))
+    gram = torch.cat(grams, dim=1)
+    return gram.sign() * (gram.abs() + 1e-8).sqrt()
+
+
+def texture_loss(output: torch.Tensor, real: torch.Tensor, patch: int = 16) -> torch.Tensor:
+    """L1 between the output's and the real crop's local texture statistics (``texture_statistics``):
+    how much fine detail each patch holds, in which orientations and how they co-vary, at the real
+    slice's own place, in any phase. The Gram-matrix texture loss of Gatys et al. 2015, on patches
+    as in EnhanceNet (Sajjadi et al. 2017), here on a fixed filter bank since no pretrained network
+    can be downloaded. Why: the two-sample classifier that finds the shipped head keys on its fine
+    detail, and inside the brain that detail is misplaced, not missing: its spread is 1.3x real
+    slices' in bright white matter (16.1 against 12.7 grey levels; 12.1 against 7.3 above 180)
+    and a little short in grey matter, with 20-35 % less power than real slices at the highest
+    frequencies except along one axis. Neither the blurred L1 nor the adversary moved that."""
+    return F.l1_loss(texture_statistics(output, patch), texture_statistics(real, patch))
+
+
 def realistic_step(head, optimizer, real, base, config: RealisticTraining, autocast,
                    discriminator=None, disc_optimizer=None, sampled=None) -> dict[str, float]:
     """One step of the head on real crops and the frozen decoder's crops of them, each forward
@@ -266,6 +307,10 @@ def realistic_step(head, optimizer, real, base, config: RealisticTraining, autoc
         detail_histogram = histogram_loss(detail_band(output[:paired]), detail_band(real[:paired]))
         loss = loss + config.detail_histogram_weight * detail_histogram
         losses.update(detail_hist=detail_histogram.item())
+    if config.texture_weight:
+        texture = texture_loss(output[:paired], real[:paired])
+        loss = loss + config.texture_weight * texture
+        losses.update(texture=texture.item())
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
