@@ -118,12 +118,26 @@ def test_two_sample_test_calls_different_people_equal_and_a_blur_different():
     assert two_sample_test(sharp, soft, repeats=2, steps=100)["mean"] >= 0.85
 
 
+def test_rank_auc_is_the_chance_a_one_outscores_a_zero():
+    from vqvae.generation import rank_auc
+    labels = torch.tensor([0, 0, 1, 1])
+    assert rank_auc(torch.tensor([0.1, 0.2, 0.3, 0.4]), labels) == 1.0
+    assert rank_auc(torch.tensor([0.4, 0.3, 0.2, 0.1]), labels) == 0.0
+    assert rank_auc(torch.tensor([0.1, 0.3, 0.2, 0.4]), labels) == 0.75  # 3 of 4 pairs in order
+    assert rank_auc(torch.zeros(4), labels) == 0.5  # ties count half
+    # a shifted threshold changes accuracy, not the AUC: every score below 0 still ranks
+    assert rank_auc(torch.tensor([-9.0, -8.0, -2.0, -1.0]), labels) == 1.0
+    with pytest.raises(ValueError, match="both classes"):
+        rank_auc(torch.ones(3), torch.ones(3, dtype=torch.long))
+
+
 def test_two_sample_loss_still_ranks_candidates_where_accuracy_has_saturated():
     torch.manual_seed(0)
     sharp = people(range(0, 12), 4, seed=3, texture=40)
     slightly, badly = (Labelled(blurred(sharp.images, sigma), sharp.subjects) for sigma in (1.0, 3.0))
     near, far = (two_sample_test(sharp, other, repeats=2, steps=100) for other in (slightly, badly))
     assert near["mean"] >= 0.85 and far["mean"] >= 0.85  # both told apart ...
+    assert near["auc"] >= 0.9 and far["auc"] >= 0.9
     assert far["loss"] < near["loss"] < 0.693  # ... but one far more surely (ln 2: chance)
 
 
