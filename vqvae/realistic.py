@@ -238,10 +238,10 @@ def texture_statistics(images: torch.Tensor, patch: int = 16) -> torch.Tensor:
     full and half resolution (its upper triangle, 30 numbers), as signed square roots so that a
     patch's statistics weigh like its detail's amplitude, not its square."""
     bank = _filter_bank().to(images.device, images.dtype)
+    rows, cols = torch.triu_indices(len(bank), len(bank))
     grams = []
     for image, size in ((images, patch), (F.avg_pool2d(images, 2), patch // 2)):
         responses = F.conv2d(F.pad(image, (1, 1, 1, 1), mode="reflect"), bank)
-        rows, cols = torch.triu_indices(len(bank), len(bank))
         grams.append(F.avg_pool2d(responses[:, rows] * responses[:, cols], size))
     gram = torch.cat(grams, dim=1)
     return gram.sign() * (gram.abs() + 1e-8).sqrt()
