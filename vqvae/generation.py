@@ -221,8 +221,8 @@ def rank_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     """Area under the ROC curve of ``scores`` for labels 1 against 0 (Mann-Whitney: the chance
     that a random 1 scores above a random 0, ties counting half). Why beside the accuracy: on new
     subjects the classifier's threshold can miss while its ranking does not. On the shipped
-    realistic head, two of three subject splits called every held-out slice fake (accuracy 0.50)
-    while still scoring real slices above the head's."""
+    realistic head, two of three subject splits called nearly every held-out slice fake (accuracy
+    0.50) while still scoring real slices above the head's."""
     scores, labels = scores.double(), labels.bool()
     ones, zeros = scores[labels], scores[~labels]
     if not len(ones) or not len(zeros):
