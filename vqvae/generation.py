@@ -191,8 +191,9 @@ def two_sample_scores(first: Labelled | torch.Tensor, second: Labelled | torch.T
     by subject (``subject_split``), at 256 / ``input_pool`` resolution, scored on the held-out
     subjects: {"accuracy", "loss", "auc"} (the AUC: ``rank_auc`` of its logit margin). The loss is
     the held-out cross-entropy in nats, falling towards 0 as the sets grow easier to tell apart:
-    where accuracy has saturated at 1.0 it still ranks candidates. It is 0.693 (ln 2) for a classifier that learned nothing, and more for one that
-    learned the training subjects confidently: OASIS train vs validate gives ~3.3."""
+    where accuracy has saturated at 1.0 it still ranks candidates. It is 0.693 (ln 2) for a
+    classifier that learned nothing, and more for one that learned the training subjects
+    confidently: OASIS train vs validate gives ~3.3."""
     first, second = (s if isinstance(s, Labelled) else Labelled(s) for s in (first, second))
     generator = torch.Generator().manual_seed(seed)
     (train_a, train_b), (test_a, test_b) = subject_split(first, second, generator)

@@ -302,20 +302,18 @@ def realistic_step(head, optimizer, real, base, config: RealisticTraining, autoc
         if penalties:
             losses.update(r1=sum(penalties) / len(penalties))
     paired = len(base)
-    recon = reconstruction_loss(output[:paired], real[:paired], config.recon_sigma)
+    mine, theirs = output[:paired], real[:paired]  # the crops that have a real counterpart
+    recon = reconstruction_loss(mine, theirs, config.recon_sigma)
     loss = adversarial + config.recon_weight * recon
-    if config.histogram_weight:
-        histogram = histogram_loss(output[:paired], real[:paired])
-        loss = loss + config.histogram_weight * histogram
-        losses.update(hist=histogram.item())
-    if config.detail_histogram_weight:
-        detail_histogram = histogram_loss(detail_band(output[:paired]), detail_band(real[:paired]))
-        loss = loss + config.detail_histogram_weight * detail_histogram
-        losses.update(detail_hist=detail_histogram.item())
-    if config.texture_weight:
-        texture = texture_loss(output[:paired], real[:paired])
-        loss = loss + config.texture_weight * texture
-        losses.update(texture=texture.item())
+    statistics = (("hist", config.histogram_weight, histogram_loss),
+                  ("detail_hist", config.detail_histogram_weight,
+                   lambda a, b: histogram_loss(detail_band(a), detail_band(b))),
+                  ("texture", config.texture_weight, texture_loss))
+    for name, weight, measure in statistics:  # each off at weight 0
+        if weight:
+            value = measure(mine, theirs)
+            loss = loss + weight * value
+            losses[name] = value.item()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
