@@ -5,9 +5,9 @@ import torch
 from scipy import ndimage
 
 from vqvae.testing import synthetic_slice
-from vqvae.generation import (SAMPLES_VS_RECONSTRUCTIONS, Labelled, SliceCNN, blurred, frechet_distance,
-                              frechet_from_statistics, generation_report, mean_pair_ms_ssim, nearest_ssim,
-                              subject_split, two_sample_test)
+from vqvae.generation import (SAMPLES_VS_RECONSTRUCTIONS, Labelled, SliceCNN, band_swap, blurred,
+                              frechet_distance, frechet_from_statistics, generation_report, mean_pair_ms_ssim,
+                              nearest_ssim, subject_split, two_sample_test)
 from vqvae.metrics import MS_SSIM_WEIGHTS, ms_ssim_torch, ssim_torch
 
 
@@ -116,6 +116,22 @@ def test_two_sample_test_calls_different_people_equal_and_a_blur_different():
     sharp = people(range(0, 12), 4, seed=3, texture=40)  # fine texture, as real slices have
     soft = Labelled(blurred(sharp.images), sharp.subjects)
     assert two_sample_test(sharp, soft, repeats=2, steps=100)["mean"] >= 0.85
+
+
+def test_band_swap_keeps_the_decoded_coarse_image_and_the_real_fine_detail():
+    real = slices(3, seed=4, size=64)
+    assert torch.equal(band_swap(real, real, 2.0), real)  # a perfect decoder's hybrid is the slice itself
+    brighter = (real.int() + 20).clamp(max=255).to(torch.uint8)  # wrong at the coarsest scale: the offset stays
+    inside = (real > 0) & (real < 235)
+    offset = (band_swap(brighter, real, 2.0).int() - real.int())[inside].float().mean()
+    assert offset == pytest.approx(20, abs=0.5)
+    lifted = real // 2 + 60  # 60..187: the pattern below is never clipped
+    checker = (torch.arange(64)[:, None] + torch.arange(64)) % 2 * 30 - 15  # wrong only in the finest band: gone
+    marked = (lifted.int() + checker).to(torch.uint8)
+    assert (marked.int() - lifted.int()).abs().float().mean() == 15
+    assert (band_swap(marked, lifted, 2.0).int() - lifted.int()).abs().float().mean() < 0.5
+    with pytest.raises(ValueError, match="differ in shape"):
+        band_swap(real[:2], real, 2.0)
 
 
 def test_rank_auc_is_the_chance_a_one_outscores_a_zero():

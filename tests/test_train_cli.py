@@ -236,6 +236,10 @@ def run_cli(*args):
     (["train.evaluate", "--model", "/no/such/model", "--data", "."], "not a model directory"),
     (["train.vqvae", "--data", "/no/such/data", "--out", "/tmp/x", "--epochs", "1"], "data folder not found"),
     (["train.vqvae", "--data", ".", "--out", "/tmp/x"], "--minutes and/or --epochs"),
+    (["train.evaluate_generation", "--vqvae", "m", "--prior", "p", "--data", ".", "--bands", "1,-2"],
+     "blur sigmas must be positive"),
+    (["train.evaluate_generation", "--vqvae", "m", "--prior", "p", "--data", ".", "--bands", "1,two"],
+     "expected comma-separated numbers"),
 ])
 def test_bad_paths_exit_with_one_line_reason(args, message):
     result = run_cli(*args)
@@ -306,6 +310,7 @@ def test_position_net_and_generation_metrics_end_to_end(trained, tmp_path, capsy
                               "--realistic", str(tmp_path / "realistic"),
                               "--data", str(oasis_like), "--features", str(trained / "position" / "model"),
                               "-n", "6", "--classifier-steps", "3", "--pairs", "4", "--json", "--guidance", "1.5",
+                              "--bands", "2",
                               "--out", str(trained / "generation")])
     report = json.loads(capsys.readouterr().out)
     assert report["images"] == 6 and report["uniform_bits"] == 4.0
@@ -318,7 +323,10 @@ def test_position_net_and_generation_metrics_end_to_end(trained, tmp_path, capsy
                                "samples vs reconstructions (one decoder: the prior's share)",
                                "realistic reconstructions vs validate",
                                "samples decoded by the realistic decoder vs validate",
-                               "realistic decoder's samples vs its reconstructions (the prior's share)"]
+                               "realistic decoder's samples vs its reconstructions (the prior's share)",
+                               *(f"{name} reconstructions below a 2-pixel blur + the real slice's finer detail vs validate"
+                                 for name in ("faithful", "realistic"))]
+    assert report["bands"] == [2.0]
     assert set(report["two_sample"][0]) == {"comparison", "256", "64"}  # JSON keys: the resolutions
     assert (trained / "generation" / "samples.png").is_file()
     push_to_hub.main(["--vqvae", str(trained / "vqvae" / "model"), "--prior", str(trained / "prior" / "model"),

@@ -136,11 +136,30 @@ def nearest_ssim(queries: torch.Tensor, references: torch.Tensor, candidates: in
     return best
 
 
+def _low_pass(images: torch.Tensor, sigma: float) -> np.ndarray:
+    """(N, 1, H, W) images -> float32 arrays, each blurred by a Gaussian of ``sigma`` pixels."""
+    return ndimage.gaussian_filter(images.numpy().astype(np.float32), sigma=(0, 0, sigma, sigma))
+
+
+def _as_uint8(values: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.clip(np.round(values), 0, 255).astype(np.uint8))
+
+
 def blurred(images: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
     """uint8 images through a Gaussian blur of ``sigma`` pixels: the calibration case a
     full-resolution two-sample test must tell apart."""
-    smooth = ndimage.gaussian_filter(images.numpy().astype(np.float32), sigma=(0, 0, sigma, sigma))
-    return torch.from_numpy(np.clip(np.round(smooth), 0, 255).astype(np.uint8))
+    return _as_uint8(_low_pass(images, sigma))
+
+
+def band_swap(decoded: torch.Tensor, real: torch.Tensor, sigma: float) -> torch.Tensor:
+    """uint8 hybrids: each decoded image below a Gaussian blur of ``sigma`` pixels plus its real
+    slice's detail finer than that blur. Why: a two-sample test of these against real slices
+    says which band gives a decoder away. Where the hybrids pass, the decoder is right at every
+    scale coarser than ``sigma`` and only the finer band is left to draw; where they are still
+    told apart, the decoder differs at coarser scales too (``train.evaluate_generation --bands``)."""
+    if decoded.shape != real.shape:
+        raise ValueError(f"decoded images {tuple(decoded.shape)} and real slices {tuple(real.shape)} differ in shape")
+    return _as_uint8(_low_pass(decoded, sigma) + real.numpy().astype(np.float32) - _low_pass(real, sigma))
 
 
 # -- the two-sample test ---------------------------------------------------------------------
