@@ -185,23 +185,36 @@ def test_the_texture_loss_sees_orientation_and_amount_of_detail_not_its_phase():
     assert output.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("weight_option, logged", [("histogram_weight", "hist"),
+@pytest.mark.parametrize("weight_option, logged", [("band_weight", "band"), ("histogram_weight", "hist"),
                                                    ("detail_histogram_weight", "detail_hist"),
                                                    ("texture_weight", "texture")])
 def test_a_step_with_a_statistics_loss_adds_it_on_the_paired_crops(weight_option, logged):
     from vqvae.model import DetailHead
-    from vqvae.realistic import RealisticTraining, detail_band, histogram_loss, realistic_step, texture_loss
+    from vqvae.realistic import (RealisticTraining, band_loss, detail_band, histogram_loss, realistic_step,
+                                 texture_loss)
     torch.manual_seed(0)
     head = DetailHead(1, 4, 1, 2)
     real, base, sampled = torch.rand(4, 1, 32, 32), torch.rand(3, 1, 32, 32) ** 2, torch.rand(1, 1, 32, 32)
     config = RealisticTraining(data="", out="", init="", epochs=1, recon_sigma=1.0, **{weight_option: 5.0})
     losses = realistic_step(head, torch.optim.SGD(head.parameters(), lr=0.0), real, base, config, nullcontext,
                             sampled=sampled)
-    expected = {"hist": lambda: histogram_loss(base, real[:3]),
+    expected = {"band": lambda: band_loss(base, real[:3], 1.0), "hist": lambda: histogram_loss(base, real[:3]),
                 "detail_hist": lambda: histogram_loss(detail_band(base), detail_band(real[:3])),
                 "texture": lambda: texture_loss(base, real[:3])}[logged]()  # the identity head: output = base
     assert losses[logged] == pytest.approx(float(expected), rel=1e-5)
     assert losses["loss"] == pytest.approx(config.recon_weight * losses["recon"] + 5.0 * float(expected), rel=1e-5)
+
+
+def test_the_band_loss_sees_detail_out_of_place_and_not_coarse_intensity():
+    from vqvae.realistic import band_loss
+    rows = torch.arange(32.0).view(1, 1, 32, 1).expand(2, 1, 32, 32)
+    edges = 0.5 + 0.2 * torch.sin(rows * torch.pi / 2)  # fine stripes
+    assert float(band_loss(edges + 0.1, edges, 2.0)) < 1e-5  # brighter, the same detail: nothing to pay
+    moved = 0.5 + 0.2 * torch.sin((rows + 2) * torch.pi / 2)  # the same detail two pixels off: the most
+    assert float(band_loss(moved, edges, 2.0)) > 0.2
+    output = edges.clone().requires_grad_(True)
+    band_loss(output, moved, 2.0).backward()
+    assert output.grad.abs().sum() > 0
 
 
 def test_the_r1_penalty_is_the_squared_input_gradient_of_the_real_logits():

@@ -123,14 +123,16 @@ class DetailHead(nn.Module):
     """The realistic decoder's last stage: fine detail drawn on the faithful decoder's finished
     image. It reads that image (clamped to [0, 1], as decode shows it) and ``noise`` channels of
     per-pixel Gaussian noise at full resolution, and adds a correction from a few residual blocks
-    of ``channels``. Why on the image, not on the decoder's features: a probe on this data found
-    the faithful reconstruction below a 1-pixel blur plus the detail band of another, unrelated
-    real slice told from real slices 57 % of the time, while Gaussian noise of the real detail's
-    spectrum and per-intensity spread on the same base was caught 100 %: what is missing is
-    detail with real slices' statistics (sharp edges, heavy-tailed grain), which needs no code
-    and no position, only the image and a source of randomness (the noise, from the first step:
-    a head that must learn to open a zero-started noise gate locks its texture to the code grid
-    instead, as every texture-head run here did). Trained by ``train.realistic`` against a
+    of ``channels``. Why on the image, not on the decoder's features: the faithful image is right
+    at every scale coarser than a 2-pixel blur (``train.evaluate_generation --bands 2``: below that
+    blur, with the real slice's finer detail added, it passes the two-sample test, 0.500), so only
+    finer detail is missing. An early probe (before the test split by subject) found unrelated
+    real detail on the faithful image told apart only 57 % of the time; the subject-split test
+    finds it (0.937, the next subject's detail below a 2-pixel blur): the detail has to be the
+    slice's own, in place, which a head reading the image can sharpen (README, "Which band gives a
+    decoder away"). The head still reads a source of randomness for what the image does not fix
+    (the noise, from the first step: a head that must learn to open a zero-started noise gate
+    locks its texture to the code grid instead, as every texture-head run here did). Trained by ``train.realistic`` against a
     whole-slice discriminator; the output convolution starts at zero, so an untrained head is the
     identity. In eval mode each image's noise is seeded by its own content (``image_seeds``), so a
     code grid always decodes to the same image whatever batch it is in, and no two images share
