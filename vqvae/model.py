@@ -132,11 +132,12 @@ class DetailHead(nn.Module):
     slice's own, in place, which a head reading the image can sharpen (README, "Which band gives a
     decoder away"). The head still reads a source of randomness for what the image does not fix
     (the noise, from the first step: a head that must learn to open a zero-started noise gate
-    locks its texture to the code grid instead, as every texture-head run here did). Trained by ``train.realistic`` against a
-    whole-slice discriminator; the output convolution starts at zero, so an untrained head is the
-    identity. In eval mode each image's noise is seeded by its own content (``image_seeds``), so a
-    code grid always decodes to the same image whatever batch it is in, and no two images share
-    a noise field (one fixed field for every image would be a pattern a classifier can learn).
+    locks its texture to the code grid instead, as every texture-head run here did). Trained by
+    ``train.realistic`` against a whole-slice discriminator; the output convolution starts at zero,
+    so an untrained head is the identity. In eval mode each image's noise is seeded by its own
+    content (``image_seeds``), so a code grid always decodes to the same image whatever batch it
+    is in, and no two images share a noise field (one fixed field for every image would be a
+    pattern a classifier can learn).
 
     ``highpass`` (pixels; 0 = off): the correction minus its Gaussian blur of that sigma, so the
     head draws only detail and the image's coarse intensity stays the faithful decoder's (the
