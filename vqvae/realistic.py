@@ -212,7 +212,7 @@ def band_loss(output: torch.Tensor, real: torch.Tensor, sigma: float) -> torch.T
     2-pixel blur the faithful image passes the two-sample test, and no detail but the slice's own,
     in place, passes on it (real detail moved 2 pixels, or another subject's, is found); this asks
     the head for that detail's conditional median, edges sharpened where they are."""
-    return F.l1_loss(output - low_pass(output, sigma), real - low_pass(real, sigma))
+    return F.l1_loss(detail_band(output, sigma), detail_band(real, sigma))
 
 
 def histogram_loss(output: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -235,9 +235,10 @@ def r1_penalty(logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return gradient.float().square().flatten(1).sum(1).mean()
 
 
-def detail_band(images: torch.Tensor) -> torch.Tensor:
-    """What is finer than a 1-pixel Gaussian blur: the scale at which a classifier tells the heads."""
-    return images - low_pass(images, 1.0)
+def detail_band(images: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
+    """What is finer than a Gaussian blur of ``sigma`` pixels (1: the scale at which a classifier
+    tells the heads)."""
+    return images - low_pass(images, sigma)
 
 
 def _filter_bank() -> torch.Tensor:
