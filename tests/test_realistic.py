@@ -187,11 +187,11 @@ def test_the_texture_loss_sees_orientation_and_amount_of_detail_not_its_phase():
 
 @pytest.mark.parametrize("weight_option, logged", [("band_weight", "band"), ("histogram_weight", "hist"),
                                                    ("detail_histogram_weight", "detail_hist"),
-                                                   ("texture_weight", "texture")])
+                                                   ("texture_weight", "texture"), ("energy_weight", "energy")])
 def test_a_step_with_a_statistics_loss_adds_it_on_the_paired_crops(weight_option, logged):
     from vqvae.model import DetailHead
-    from vqvae.realistic import (RealisticTraining, band_loss, detail_band, histogram_loss, realistic_step,
-                                 texture_loss)
+    from vqvae.realistic import (RealisticTraining, band_loss, detail_band, energy_score, histogram_loss,
+                                 realistic_step, texture_loss)
     torch.manual_seed(0)
     head = DetailHead(1, 4, 1, 2)
     real, base, sampled = torch.rand(4, 1, 32, 32), torch.rand(3, 1, 32, 32) ** 2, torch.rand(1, 1, 32, 32)
@@ -200,7 +200,8 @@ def test_a_step_with_a_statistics_loss_adds_it_on_the_paired_crops(weight_option
                             sampled=sampled)
     expected = {"band": lambda: band_loss(base, real[:3], 1.0), "hist": lambda: histogram_loss(base, real[:3]),
                 "detail_hist": lambda: histogram_loss(detail_band(base), detail_band(real[:3])),
-                "texture": lambda: texture_loss(base, real[:3])}[logged]()  # the identity head: output = base
+                "texture": lambda: texture_loss(base, real[:3]),
+                "energy": lambda: energy_score(base, base, real[:3], 8)}[logged]()  # the identity head: output = base
     assert losses[logged] == pytest.approx(float(expected), rel=1e-5)
     assert losses["loss"] == pytest.approx(config.recon_weight * losses["recon"] + 5.0 * float(expected), rel=1e-5)
 
@@ -215,6 +216,40 @@ def test_the_band_loss_sees_detail_out_of_place_and_not_coarse_intensity():
     output = edges.clone().requires_grad_(True)
     band_loss(output, moved, 2.0).backward()
     assert output.grad.abs().sum() > 0
+
+
+def test_the_energy_score_prefers_draws_from_the_real_distribution_to_its_mean():
+    from vqvae.realistic import energy_score
+    torch.manual_seed(0)
+    real = 0.5 + 0.1 * torch.randn(64, 1, 32, 32)  # detail that no image fixes: only its spread is knowable
+    mean = torch.full_like(real, 0.5)  # the best an L1 or L2 loss can do: the faithful decoder's blur
+    right = 0.5 + 0.1 * torch.randn(2, *real.shape)  # two independent draws of the right spread
+    wide = 0.5 + 0.3 * torch.randn(2, *real.shape)
+    scores = [float(energy_score(a, b, real)) for a, b in ((mean, mean), right, wide)]
+    assert scores[1] < 0.8 * scores[0] and scores[1] < 0.8 * scores[2]
+    assert float(energy_score(real, real, real)) < 1e-4  # a draw that is the real patch itself costs nothing
+    first = right[0].clone().requires_grad_(True)
+    energy_score(first, right[1], real).backward()
+    assert first.grad.abs().sum() > 0
+
+
+def test_without_the_adversarial_loss_no_discriminator_trains(faithful, oasis_like, tmp_path):
+    settings = ["--data", str(oasis_like), "--init", str(faithful), *TINY_HEAD, "--epochs", "1",
+                "--adversarial-weight", "0", "--energy-weight", "1", "--energy-patch", "4"]
+    realistic.main([*settings, "--out", str(tmp_path / "run")])
+    run = tmp_path / "run"
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [entry for entry in logged if "energy" in entry]
+    assert steps and not any("adv" in entry for entry in steps)
+    trained = load_model(VQVAE, run / "model").decoder.detail.state_dict()
+    assert any(name.startswith("out.") and trained[name].abs().sum() > 0 for name in trained)  # the head moved
+
+
+@pytest.mark.parametrize("option, value", [("energy_patch", 0), ("adversarial_weight", -1.0)])
+def test_bad_energy_settings_are_refused_with_the_option_named(option, value):
+    from vqvae.realistic import RealisticTraining
+    with pytest.raises(ValueError, match="--" + option.replace("_", "-")):
+        RealisticTraining(data="", out="", init="", epochs=1, **{option: value})
 
 
 def test_the_r1_penalty_is_the_squared_input_gradient_of_the_real_logits():
