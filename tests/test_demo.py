@@ -397,7 +397,11 @@ def test_reconstruct_volume_covers_every_slice(tiny_models, tmp_path):
     rebuilt, note = demo.reconstruct_volume(tiny_models.vqvae, tmp_path / "v.nii.gz")
     assert rebuilt.shape == (3, 256, 256) and rebuilt.dtype == np.uint8 and "3 slices of 64x48" in note
     single, *_ = upload.read_upload(tmp_path / "v.nii.gz", slice_index=1)  # one rule for a slice and a volume
-    assert np.array_equal(rebuilt[1], demo.reconstruct_slice(tiny_models.vqvae, single)["reconstruction"])
+    alone = demo.reconstruct_slice(tiny_models.vqvae, single)["reconstruction"]
+    difference = np.abs(rebuilt[1].astype(int) - alone.astype(int))
+    # a batch of 3 and a batch of 1 may take different convolution kernels: on an AVX2-only CPU one
+    # pixel in 65 536 rounded to the next grey level; a different rule would move most pixels
+    assert difference.max() <= 1 and (difference > 0).mean() < 1e-3
 
 
 def test_surprise_view_totals_the_per_code_bits_and_maps_the_regional_surprise(tiny_models):
