@@ -370,16 +370,13 @@ def realistic_step(head, optimizer, real, base, config: RealisticTraining, autoc
                   ("hist", config.histogram_weight, histogram_loss),
                   ("detail_hist", config.detail_histogram_weight,
                    lambda a, b: histogram_loss(detail_band(a), detail_band(b))),
-                  ("texture", config.texture_weight, texture_loss))
+                  ("texture", config.texture_weight, texture_loss),
+                  ("energy", config.energy_weight, lambda a, b: energy_score(a, second, b, config.energy_patch)))
     for name, weight, measure in statistics:  # each off at weight 0
         if weight:
             value = measure(mine, theirs)
             loss = loss + weight * value
             losses[name] = value.item()
-    if config.energy_weight:
-        energy = energy_score(mine, second, theirs, config.energy_patch)
-        loss = loss + config.energy_weight * energy
-        losses["energy"] = energy.item()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
