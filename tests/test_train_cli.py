@@ -64,6 +64,26 @@ def test_decoder_only_fine_tune_keeps_the_codes(trained, oasis_like, tmp_path):
     assert not torch.equal(start.decoder.net[0].weight, tuned.decoder.net[0].weight)
 
 
+def test_encoder_only_fine_tune_keeps_the_decoder_and_codebook(trained, oasis_like, tmp_path):
+    start = VQVAE.from_pretrained(trained / "vqvae" / "model")
+    vqvae.main(["--data", str(oasis_like), "--out", str(tmp_path / "encoder"), "--epochs", "2", "--lr", "1e-2",
+                "--init", str(trained / "vqvae" / "model"), "--encoder-only", *TINY_VQVAE])
+    tuned = VQVAE.from_pretrained(tmp_path / "encoder" / "model")
+    assert torch.equal(start.quantizer.codebook, tuned.quantizer.codebook)  # no moving-average updates
+    assert all(torch.equal(a, b) for a, b in zip(start.decoder.state_dict().values(),
+                                                  tuned.decoder.state_dict().values()))
+    assert not torch.equal(start.encoder.net[0].weight, tuned.encoder.net[0].weight)
+    validate = load_split(oasis_like, "validate")
+    slices = validate.batch(torch.arange(len(validate.images)))
+    assert not torch.equal(start.encode(slices), tuned.encode(slices))  # it chose other codes
+
+
+def test_encoder_only_and_decoder_only_exclude_each_other(trained, oasis_like, tmp_path):
+    with pytest.raises(SystemExit, match="exclude each other"):
+        vqvae.main(["--data", str(oasis_like), "--out", str(tmp_path / "e"), "--epochs", "1", "--encoder-only",
+                    "--decoder-only", "--init", str(trained / "vqvae" / "model"), *TINY_VQVAE])
+
+
 def test_decoder_only_needs_a_trained_model(oasis_like, tmp_path):
     with pytest.raises(SystemExit, match="--decoder-only needs --init"):
         vqvae.main(["--data", str(oasis_like), "--out", str(tmp_path / "d"), "--epochs", "1", "--decoder-only",

@@ -57,6 +57,9 @@ class VQVAETraining(RunConfig, DataConfig):
     init: str | None = option(None, "start from this trained VQ-VAE (its architecture; refinement blocks it "
                                     "lacks start as the identity)")
     decoder_only: bool = option(False, "train only the decoder; needs --init (encoder and codebook stay frozen)")
+    encoder_only: bool = option(False, "train only the encoder; needs --init (decoder and codebook stay frozen): it "
+                                       "learns to choose the codes this decoder draws best from, as code search "
+                                       "does per image; the codes change, so priors must follow them")
     pixel_loss: str = option("mse", "pixel term of the loss", choices=("mse", "l1"))
     ssim_weight: float = option(1.0, "loss = pixel loss + w * (1 - SSIM) + commitment (Zhao et al. 2017)")
     bf16: bool = option(False, "the same as --precision bf16 (the quantiser stays fp32)")
@@ -90,6 +93,10 @@ class VQVAETraining(RunConfig, DataConfig):
         super().__post_init__()
         if self.decoder_only and not self.init:
             raise ValueError("--decoder-only needs --init: the codes come from a trained encoder")
+        if self.encoder_only and not self.init:
+            raise ValueError("--encoder-only needs --init: it chooses codes for a trained decoder")
+        if self.encoder_only and self.decoder_only:
+            raise ValueError("--encoder-only and --decoder-only exclude each other: one part trains")
         if self.bf16:
             self.precision = "bf16"
         if self.adversarial and not self.decoder_only:
@@ -123,6 +130,8 @@ def vqvae_loss(model: VQVAE, forward, x: torch.Tensor, config: VQVAETraining, co
     code-grid fingerprint terms where their weights are set. ``forward`` is what trains
     (the model, or its decoder alone, possibly wrapped for DDP); it runs inside ``context``
     (autocast or not), the loss in fp32."""
+    if config.encoder_only:  # the codebook is the decoder's: no moving-average updates or restarts
+        model.quantizer.train(False)
     with context:
         if config.decoder_only:  # the frozen encoder's codes, exactly as a prior sees them
             codes = model.encode(x)
@@ -171,8 +180,11 @@ def train_vqvae(config: VQVAETraining) -> dict:
     if config.decoder_only:
         model.encoder.requires_grad_(False)
         model.quantizer.requires_grad_(False)
+    if config.encoder_only:  # the straight-through estimator carries the decoder's verdict to the encoder
+        model.decoder.requires_grad_(False)
+        model.quantizer.requires_grad_(False)
     trained = model.decoder if config.decoder_only else model
-    optimizer = torch.optim.Adam(trained.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam([p for p in trained.parameters() if p.requires_grad], lr=config.lr)
     companions, adversary = {}, None
     if config.adversarial:
         if distributed_setup()[1] > 1:  # each rank would train its own discriminator
