@@ -241,15 +241,20 @@ def test_without_the_adversarial_loss_no_discriminator_trains(faithful, oasis_li
     logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [entry for entry in logged if "energy" in entry]
     assert steps and not any("adv" in entry for entry in steps)
+    checkpoint = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert set(checkpoint["companions"]) == {"head"}  # no discriminator was built or saved
     trained = load_model(VQVAE, run / "model").decoder.detail.state_dict()
     assert any(name.startswith("out.") and trained[name].abs().sum() > 0 for name in trained)  # the head moved
 
 
-@pytest.mark.parametrize("option, value", [("energy_patch", 0), ("adversarial_weight", -1.0)])
-def test_bad_energy_settings_are_refused_with_the_option_named(option, value):
+@pytest.mark.parametrize("settings, named", [({"energy_patch": 0}, "--energy-patch"),
+                                             ({"adversarial_weight": -1.0}, "--adversarial-weight"),
+                                             ({"adversarial_weight": 0.0, "prior": "p", "sample_share": 0.25},
+                                              "--sample-share")])
+def test_bad_energy_settings_are_refused_with_the_option_named(settings, named):
     from vqvae.realistic import RealisticTraining
-    with pytest.raises(ValueError, match="--" + option.replace("_", "-")):
-        RealisticTraining(data="", out="", init="", epochs=1, **{option: value})
+    with pytest.raises(ValueError, match=named):
+        RealisticTraining(data="", out="", init="", epochs=1, **settings)
 
 
 def test_the_r1_penalty_is_the_squared_input_gradient_of_the_real_logits():

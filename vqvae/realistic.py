@@ -177,6 +177,9 @@ class RealisticTraining(RunConfig, DataConfig):
             raise ValueError("--energy-patch must be at least 1")
         if self.adversarial_weight < 0:
             raise ValueError("--adversarial-weight must be 0 (off) or positive")
+        if not self.adversarial_weight and self.prior and self.sample_share > 0:
+            raise ValueError("--sample-share shows prior samples to the discriminator: with --adversarial-weight 0 "
+                             "there is none")
         if self.disc_reset_steps < 0:
             raise ValueError("--disc-reset-steps must be 0 (never) or positive")
         if self.disc_reset_steps and self.disc_reset_steps < self.discriminators:
@@ -423,7 +426,8 @@ def train_realistic(config: RealisticTraining) -> dict:
     model.requires_grad_(False)  # its detail head holds the moving average: what is evaluated and saved
     head = copy.deepcopy(model.decoder.detail).requires_grad_(True)  # the weights that train
     optimizer = torch.optim.Adam(head.parameters(), lr=config.lr, betas=(0.5, 0.9))
-    judges = [new_discriminator(config) for _ in range(config.discriminators)]
+    # at adversarial weight 0 no discriminator is built, trained or checkpointed
+    judges = [new_discriminator(config) for _ in range(config.discriminators if config.adversarial_weight else 0)]
     judge_optimizers = [torch.optim.Adam(judge.parameters(), lr=config.disc_lr, betas=(0.5, 0.9)) for judge in judges]
     companions = {"head": head}
     for i, (judge, judge_optimizer) in enumerate(zip(judges, judge_optimizers)):
@@ -474,7 +478,7 @@ def train_realistic(config: RealisticTraining) -> dict:
         real, base, sampled_crops = crops(run.next_batch())
         run.apply_learning_rate()
         restart_discriminators(judges, judge_optimizers, config, run.step)
-        adversaries = (judges, judge_optimizers) if config.adversarial_weight else (None, None)
+        adversaries = (judges, judge_optimizers) if judges else (None, None)
         losses = realistic_step(head, optimizer, real, base, config, run.autocast, *adversaries, sampled_crops)
         with torch.no_grad():
             for average, live in zip(model.decoder.detail.parameters(), head.parameters()):
