@@ -405,6 +405,13 @@ def test_model_card_follows_init_back_to_the_first_run(tmp_path):
                                              "against a discriminator, batch 16, lr 0.0002, seed 0")
     assert "(32 channels + a half-resolution branch (64 channels))" in hub.training_stages(
         {**head, "detail_mid_channels": 64})[-1]
+    assert hub.training_stages({**head, "adversarial_weight": 0.0, "energy_weight": 1.0})[-1].startswith(
+        "36 minutes of a detail head (32 channels) on the frozen decoder, scored by the energy score, batch 16")
+    assert hub.training_stages({**head, "energy_weight": 1.0})[-1].startswith(
+        "36 minutes of a detail head (32 channels) on the frozen decoder, against a discriminator, scored by the "
+        "energy score, batch")
+    assert hub.training_stages({"minutes": 20, "batch_size": 16, "lr": 0.0005, "seed": 0, "encoder_only": True}) == [
+        "20 minutes of the encoder only, batch 16, lr 0.0005, seed 0"]
 
 
 def test_a_run_keeps_the_lineage_its_init_had_when_it_started(trained, oasis_like, tmp_path):

@@ -261,9 +261,11 @@ def training_stages(config: dict) -> list[str]:
     budget = f"{config['minutes']} minutes" if config.get("minutes") else f"{config.get('epochs')} epochs"
     branch = (f" + a half-resolution branch ({config['detail_mid_channels']} channels)"
               if config.get("detail_mid_channels") else "")
-    part = (" of the decoder only" if config.get("decoder_only") else
-            f" of a detail head ({config.get('detail_channels')} channels{branch}) on the frozen decoder, against a "
-            f"discriminator" if "detail_channels" in config else "")  # train.realistic's runs
+    against = (", against a discriminator" if config.get("adversarial_weight", 1.0) else "") + (
+        ", scored by the energy score" if config.get("energy_weight") else "")
+    part = (" of the decoder only" if config.get("decoder_only") else " of the encoder only" if config.get("encoder_only")
+            else f" of a detail head ({config.get('detail_channels')} channels{branch}) on the frozen decoder{against}"
+            if "detail_channels" in config else "")  # train.realistic's runs
     stage = (f"{budget}{part}, batch {config.get('batch_size')}, lr {config.get('lr')}, seed {config.get('seed')}")
     started = config.get("init")
     if not started:
