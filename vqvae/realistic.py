@@ -79,6 +79,11 @@ Settings added after the first shipped head, each off by default:
   every reconstruction on six subject splits (1.000, held-out loss 1e-4; shipped head 0.730):
   a score that is proper patch by patch still lets the head draw detail that a classifier sees
   is not a brain's.
+  With the discriminator beside it (realistic-energy-adv: both weights 1, 64-pixel crops, 30
+  minutes) it did not hold the head: the discriminator sat at chance for 15 minutes and then
+  pulled ahead as in every adversarial run; six splits gave accuracy 0.784 but a held-out AUC of
+  0.999 (shipped head 0.866 and 0.989 on the same machine): the classifier still ranks every
+  reconstruction apart.
 
 Where the head is given away (``train.evaluate_generation --bands 1,2``, README "Which band gives a
 decoder away"): the faithful image below a 2-pixel blur plus the real slice's finer detail passes
