@@ -259,13 +259,17 @@ def training_stages(config: dict) -> list[str]:
     run records its --init's lineage when it starts (``init_stages``): the folder it started
     from may since have been replaced by another model (a new prior shipped in its place)."""
     budget = f"{config['minutes']} minutes" if config.get("minutes") else f"{config.get('epochs')} epochs"
-    branch = (f" + a half-resolution branch ({config['detail_mid_channels']} channels)"
-              if config.get("detail_mid_channels") else "")
-    against = (", against a discriminator" if config.get("adversarial_weight", 1.0) else "") + (
-        ", scored by the energy score" if config.get("energy_weight") else "")
-    part = (" of the decoder only" if config.get("decoder_only") else " of the encoder only" if config.get("encoder_only")
-            else f" of a detail head ({config.get('detail_channels')} channels{branch}) on the frozen decoder{against}"
-            if "detail_channels" in config else "")  # train.realistic's runs
+    part = ""
+    if config.get("decoder_only"):
+        part = " of the decoder only"
+    elif config.get("encoder_only"):
+        part = " of the encoder only"
+    elif "detail_channels" in config:  # train.realistic's runs
+        branch = (f" + a half-resolution branch ({config['detail_mid_channels']} channels)"
+                  if config.get("detail_mid_channels") else "")
+        against = (", against a discriminator" if config.get("adversarial_weight", 1.0) else "") + (
+            ", scored by the energy score" if config.get("energy_weight") else "")
+        part = f" of a detail head ({config.get('detail_channels')} channels{branch}) on the frozen decoder{against}"
     stage = (f"{budget}{part}, batch {config.get('batch_size')}, lr {config.get('lr')}, seed {config.get('seed')}")
     started = config.get("init")
     if not started:

@@ -41,6 +41,9 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("ema_count", torch.ones(num_codes))
         self.register_buffer("ema_sum", codebook.clone())
         self.register_buffer("initialised", torch.tensor(not data_init))
+        # the codebook learns by moving average, not by gradient: requires_grad_(False) cannot stop it,
+        # this does (a fine-tune of the encoder or the decoder alone keeps the codebook as it is)
+        self.frozen = False
 
     def nearest(self, flat: torch.Tensor) -> torch.Tensor:
         """Index of the nearest code for each row of ``flat`` (N, D), in fp32."""
@@ -64,10 +67,11 @@ class VectorQuantizer(nn.Module):
             z = z.float()
             b, d, h, w = z.shape
             flat = z.permute(0, 2, 3, 1).reshape(-1, d)
-            if self.training and not bool(self.initialised):
+            learning = self.training and not self.frozen
+            if learning and not bool(self.initialised):
                 self._initialise(flat)
             indices, errors = self._nearest_with_error(flat)
-            if self.training:
+            if learning:
                 self._ema_update(flat, indices, errors)
             quantised = self.lookup(indices.view(b, h, w))
             loss = self.commitment * F.mse_loss(z, quantised.detach())

@@ -130,8 +130,6 @@ def vqvae_loss(model: VQVAE, forward, x: torch.Tensor, config: VQVAETraining, co
     code-grid fingerprint terms where their weights are set. ``forward`` is what trains
     (the model, or its decoder alone, possibly wrapped for DDP); it runs inside ``context``
     (autocast or not), the loss in fp32."""
-    if config.encoder_only:  # the codebook is the decoder's: no moving-average updates or restarts
-        model.quantizer.train(False)
     with context:
         if config.decoder_only:  # the frozen encoder's codes, exactly as a prior sees them
             codes = model.encode(x)
@@ -177,12 +175,10 @@ def train_vqvae(config: VQVAETraining) -> dict:
     model = build_vqvae(config)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    if config.decoder_only:
-        model.encoder.requires_grad_(False)
-        model.quantizer.requires_grad_(False)
-    if config.encoder_only:  # the straight-through estimator carries the decoder's verdict to the encoder
-        model.decoder.requires_grad_(False)
-        model.quantizer.requires_grad_(False)
+    if config.decoder_only or config.encoder_only:  # one part trains: the other and the codebook stay
+        # (encoder only: the straight-through estimator carries the frozen decoder's verdict back to it)
+        (model.encoder if config.decoder_only else model.decoder).requires_grad_(False)
+        model.quantizer.frozen = True
     trained = model.decoder if config.decoder_only else model
     optimizer = torch.optim.Adam([p for p in trained.parameters() if p.requires_grad], lr=config.lr)
     companions, adversary = {}, None
